@@ -1,0 +1,178 @@
+//! Wires everything into one pingora server. The only module that knows all the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_proxy::http_proxy_service_with_name;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::downstream::in_flight::InFlight;
+use crate::downstream::router::Router;
+use crate::downstream::Sidecar;
+use crate::hub::Registry;
+use crate::upstream::{Backend, SourceLauncher, UpstreamClient};
+
+/// How often idle topic instances are looked for.
+const REAP_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot resolve the backend {authority}: {source}")]
+    Resolve {
+        authority: String,
+        source: std::io::Error,
+    },
+}
+
+/// A built, not yet running, sidecar.
+pub struct App {
+    config: Config,
+    backend: Backend,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    pub fn build(config: Config) -> Result<Self, AppError> {
+        let backend = Backend::resolve(&config.upstream).map_err(|source| AppError::Resolve {
+            authority: config.upstream.authority.clone(),
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let client = Arc::new(UpstreamClient::new(backend.clone(), &config.upstream));
+        let launcher = Arc::new(SourceLauncher::new(
+            &config.topics,
+            client,
+            config.upstream.clone(),
+        ));
+        let registry = Arc::new(Registry::new(launcher, shutdown.clone()));
+        Ok(App {
+            config,
+            backend,
+            registry,
+            shutdown,
+        })
+    }
+
+    /// The hub's topic instances (for tests and admin).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The one process-wide shutdown signal every task watches.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `signal` fires; blocks the calling thread.
+    pub fn run(self, signal: Box<dyn ShutdownSignalWatch + Send + Sync>) {
+        let conf = ServerConf {
+            threads: self.config.server.threads,
+            // The drain happens before pingora hears of the signal (see ForwardShutdown), so
+            // its fixed grace sleep (default 300 s) is not needed at all.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let conf = server.configuration.clone();
+        let in_flight = Arc::new(InFlight::default());
+        let sidecar = Sidecar::new(
+            Router::new(self.config.topics.clone()),
+            self.registry.clone(),
+            self.backend.clone(),
+            self.config.upstream.connect_timeout,
+            self.shutdown.clone(),
+            in_flight.clone(),
+        );
+        let mut proxy = http_proxy_service_with_name(&conf, sidecar, "sidestream");
+        proxy.add_tcp(&self.config.server.listen.to_string());
+        server.add_service(proxy);
+        server.add_service(background_service("reaper", Reaper(self.registry.clone())));
+
+        tracing::info!(listen = %self.config.server.listen, backend = %self.backend.addr, "sidestream starting");
+        server.run(RunArgs {
+            shutdown_signal: Box::new(ForwardShutdown {
+                inner: signal,
+                token: self.shutdown.clone(),
+                in_flight,
+                drain_timeout: self.config.server.drain_timeout,
+            }),
+        });
+        self.shutdown.cancel();
+        self.registry.close_all();
+        tracing::info!("sidestream stopped");
+    }
+}
+
+struct Reaper(Arc<Registry>);
+
+#[async_trait]
+impl BackgroundService for Reaper {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // The registry watches the process-wide token, which fires before pingora's watch.
+        self.0.run_reaper(REAP_PERIOD).await;
+    }
+}
+
+/// The drain: on a graceful signal, tell every stream to wind down (SSE gets a `retry:` and
+/// ends), wait until requests in progress are done or `drain_timeout` passes, and only then
+/// pass the signal to pingora, which stops accepting and drops what is left.
+struct ForwardShutdown {
+    inner: Box<dyn ShutdownSignalWatch + Send + Sync>,
+    token: CancellationToken,
+    in_flight: Arc<InFlight>,
+    drain_timeout: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ForwardShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.inner.recv().await;
+        self.token.cancel();
+        if matches!(signal, ShutdownSignal::FastShutdown) {
+            tracing::info!("fast shutdown requested");
+            return signal;
+        }
+        tracing::info!(in_flight = self.in_flight.count(), "shutdown requested: draining");
+        if !self.in_flight.wait_idle(self.drain_timeout).await {
+            tracing::warn!(
+                in_flight = self.in_flight.count(),
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+        signal
+    }
+}
+
+/// SIGTERM drains gracefully (streams told to reconnect, then the grace period); SIGINT is
+/// a fast stop. SIGQUIT (pingora's socket hand-over upgrade) is treated like SIGTERM, since
+/// a sidecar is replaced by its orchestrator, not upgraded in place.
+pub struct UnixSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for UnixSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The TOML file as written: every field optional and spanned, so validation can say where a
+//! problem is. Numbers are read as `i64` so that a negative value is reported as such rather
+//! than as a type error.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::hub::{Mode, OverflowPolicy};
+
+pub type Field<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Field<String>,
+    pub drain_timeout_ms: Field<i64>,
+    pub threads: Field<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: Field<String>,
+    pub timeout_ms: Field<i64>,
+    pub connect_timeout_ms: Field<i64>,
+    pub max_concurrent_requests: Field<i64>,
+    pub max_body_bytes: Field<i64>,
+    pub backoff_initial_ms: Field<i64>,
+    pub backoff_max_ms: Field<i64>,
+}
+
+/// Client-facing transports a topic can offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Sse,
+    LongPoll,
+    ShortPoll,
+}
+
+/// Declares a struct with the per-topic tunables that `[defaults]` sets and each `[[topic]]`
+/// may override, plus its own fields. One list keeps the two in step.
+macro_rules! with_tunables {
+    ($name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(pub $field: $ty,)*
+            pub history_max_messages: Field<i64>,
+            pub history_max_bytes: Field<i64>,
+            pub queue_max_messages: Field<i64>,
+            pub queue_max_bytes: Field<i64>,
+            pub on_full: Field<OverflowPolicy>,
+            pub keepalive_ms: Field<i64>,
+            pub retry_ms: Field<i64>,
+            pub idle_linger_ms: Field<i64>,
+            pub long_poll_max_wait_ms: Field<i64>,
+            pub transports: Field<Vec<Spanned<Transport>>>,
+        }
+    };
+}
+
+with_tunables!(RawDefaults {});
+
+with_tunables!(RawTopic {
+    name: Field<String>,
+    path: Field<String>,
+    source: Field<RawSource>,
+    mode: Field<Mode>,
+    event: Field<String>,
+});
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub poll: Field<RawPoll>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    pub url: Field<String>,
+    pub interval_ms: Field<i64>,
+    pub jitter_ms: Field<i64>,
+}

@@ -1,0 +1,179 @@
+//! Configuration: one TOML file, parsed into typed settings and validated as a whole before
+//! anything starts. Every problem is reported at once, each with `file:line:col`.
+
+mod file;
+pub mod template;
+mod validate;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use file::Transport;
+pub use template::{PathTemplate, UrlTemplate};
+
+use crate::hub::{Mode, TopicSettings};
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub topics: Vec<TopicSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// How long open connections get to finish after SIGTERM (pingora's grace period).
+    pub drain_timeout: Duration,
+    /// Worker threads of the client-facing service.
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// `host:port` of the backend, as written (resolved at start-up).
+    pub authority: String,
+    /// Prefix of every backend path, from `base_url` (empty or `/something`, no trailing `/`).
+    pub path_prefix: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_body_bytes: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// One `[[topic]]`, with the defaults merged in.
+#[derive(Clone, Debug)]
+pub struct TopicSpec {
+    pub name: Arc<str>,
+    pub path: PathTemplate,
+    pub source: SourceSpec,
+    /// SSE event name of this topic's messages (`None` = the default `message`).
+    pub event: Option<Arc<str>>,
+    pub transports: HashSet<Transport>,
+    pub hub: TopicSettings,
+    pub keepalive: Duration,
+    pub retry: Duration,
+    pub long_poll_max_wait: Duration,
+}
+
+impl TopicSpec {
+    pub fn mode(&self) -> Mode {
+        self.hub.mode
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    Poll(PollSpec),
+}
+
+#[derive(Clone, Debug)]
+pub struct PollSpec {
+    pub url: UrlTemplate,
+    pub interval: Duration,
+    pub jitter: Duration,
+}
+
+/// One problem in a config file, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for error in &self.0 {
+            writeln!(f, "{error}")?;
+        }
+        write!(f, "{} error(s) in configuration", self.0.len())
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the file: {error}"),
+            help: Some("pass an existing TOML file with --config".into()),
+        }])
+    })?;
+    parse(&name, &text)
+}
+
+/// Validates config text; `name` is used in error locations.
+pub fn parse(name: &str, text: &str) -> Result<Config, ConfigErrors> {
+    validate::Checker::new(name, text).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_and_example_configs_are_valid() {
+        for file in ["config/demo.toml", "config/example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            if let Err(errors) = load(&path) {
+                panic!("{file}:\n{errors}");
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(
+            "t.toml",
+            r#"
+[upstream]
+base_url = "http://127.0.0.1:3000/v1/"
+
+[[topic]]
+name = "prices"
+path = "/api/prices/{symbol}"
+source.poll = { url = "/prices/{symbol}" }
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.upstream.authority, "127.0.0.1:3000");
+        assert_eq!(config.upstream.path_prefix, "/v1");
+        let topic = &config.topics[0];
+        assert_eq!(topic.mode(), Mode::State);
+        assert_eq!(topic.hub.on_full, crate::hub::OverflowPolicy::Conflate);
+        let SourceSpec::Poll(poll) = &topic.source;
+        assert_eq!(poll.interval, Duration::from_millis(1000));
+        assert_eq!(poll.url.render(&["AAPL".into()]), "/prices/AAPL");
+    }
+}

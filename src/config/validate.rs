@@ -1,0 +1,605 @@
+//! One pass over the whole file that collects every problem before giving up.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::file::{Field, RawDefaults, RawPoll, RawServer, RawTopic, RawUpstream, Transport};
+use super::template::{PathTemplate, UrlTemplate};
+use super::{
+    Config, ConfigError, ConfigErrors, PollSpec, ServerSettings, SourceSpec, TopicSpec, UpstreamSettings,
+};
+use crate::hub::{HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
+
+const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`";
+
+pub struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(file: &'a str, text: &'a str) -> Self {
+        Checker {
+            file,
+            text,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, help: Option<String>) {
+        let offset = span.start.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+            help,
+        });
+    }
+
+    fn toml_error(&mut self, error: &toml::de::Error, fallback: Range<usize>) {
+        let span = error.span().unwrap_or(fallback);
+        // serde names Rust types; say what to write in TOML instead.
+        let message = error
+            .message()
+            .trim()
+            .replace("expected i64", "expected an integer (without quotes)")
+            .replace("expected a string", "expected a quoted string");
+        self.error(span, message, None);
+    }
+
+    /// Deserializes one section on its own, so a problem in one does not hide the others.
+    /// `None` when it does not deserialize; its error is recorded and its semantic checks
+    /// are skipped, so one typo does not cascade into "missing" errors.
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.toml_error(&error, span);
+                None
+            }
+        }
+    }
+
+    pub fn run(mut self) -> Result<Config, ConfigErrors> {
+        let (root, syntax_errors) = DeTable::parse_recoverable(self.text);
+        if !syntax_errors.is_empty() {
+            for error in &syntax_errors {
+                self.toml_error(error, 0..0);
+            }
+            return Err(ConfigErrors(self.errors));
+        }
+        let mut server = None;
+        let mut upstream = None;
+        let mut upstream_seen = false;
+        let mut defaults = None;
+        let mut topics_seen = false;
+        let mut topics: Vec<(Range<usize>, RawTopic)> = Vec::new();
+        for (key, value) in root.into_inner() {
+            let key_span = key.span();
+            match key.get_ref().as_ref() {
+                "server" => server = self.section::<RawServer>(value),
+                "upstream" => {
+                    upstream_seen = true;
+                    upstream = self.section::<RawUpstream>(value);
+                }
+                "defaults" => defaults = self.section::<RawDefaults>(value),
+                "topic" => {
+                    topics_seen = true;
+                    let span = value.span();
+                    match value.into_inner() {
+                        DeValue::Array(items) => {
+                            for item in items {
+                                let item_span = item.span();
+                                if let Some(topic) = self.section::<RawTopic>(item) {
+                                    topics.push((item_span, topic));
+                                }
+                            }
+                        }
+                        _ => self.error(
+                            span,
+                            "`topic` must be an array of tables",
+                            Some("declare each topic with a `[[topic]]` header".into()),
+                        ),
+                    }
+                }
+                other => self.error(
+                    key_span,
+                    format!("unknown section `{other}`"),
+                    Some(format!("expected one of {SECTIONS}")),
+                ),
+            }
+        }
+        let server = self.server(&server.unwrap_or_default());
+        let defaults = defaults.unwrap_or_default();
+        let upstream = match upstream {
+            Some(raw) => self.upstream(&raw),
+            None if upstream_seen => None,
+            None => {
+                self.error(
+                    0..0,
+                    "missing `[upstream]` section",
+                    Some("add `[upstream]` with `base_url = \"http://127.0.0.1:3000\"`".into()),
+                );
+                None
+            }
+        };
+        if !topics_seen {
+            self.error(
+                self.text.len()..self.text.len(),
+                "no `[[topic]]` is defined",
+                Some("add at least one `[[topic]]` with `name`, `path` and `source`".into()),
+            );
+        }
+        let mut specs: Vec<TopicSpec> = Vec::new();
+        let mut names: Vec<(String, usize)> = Vec::new();
+        let mut paths: Vec<(PathTemplate, String)> = Vec::new();
+        for (span, raw) in &topics {
+            if let Some(spec) = self.topic(span.clone(), raw, &defaults, &mut paths, &mut names) {
+                specs.push(spec);
+            }
+        }
+        match (self.errors.is_empty(), upstream) {
+            (true, Some(upstream)) => Ok(Config {
+                server,
+                upstream,
+                topics: specs,
+            }),
+            _ => {
+                self.errors.sort_by_key(|e| (e.line, e.column));
+                Err(ConfigErrors(self.errors))
+            }
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerSettings {
+        let listen = match &raw.listen {
+            Some(text) => text.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                self.error(
+                    text.span(),
+                    format!("`listen` is not an ip:port address: {:?}", text.get_ref()),
+                    Some("write it like \"0.0.0.0:8080\"".into()),
+                );
+                SocketAddr::from(([0, 0, 0, 0], 8080))
+            }),
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+        ServerSettings {
+            listen,
+            drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
+            threads: self.count(&raw.threads, None, "threads", 2),
+        }
+    }
+
+    fn upstream(&mut self, raw: &RawUpstream) -> Option<UpstreamSettings> {
+        let (authority, path_prefix) = match &raw.base_url {
+            Some(url) => self.base_url(url)?,
+            None => {
+                self.error(
+                    0..0,
+                    "`upstream.base_url` is missing",
+                    Some("set it to the backend, e.g. \"http://127.0.0.1:3000\"".into()),
+                );
+                return None;
+            }
+        };
+        let backoff_initial =
+            self.duration_ms(&raw.backoff_initial_ms, None, "backoff_initial_ms", 1_000, false);
+        let backoff_max = self.duration_ms(&raw.backoff_max_ms, None, "backoff_max_ms", 30_000, false);
+        if backoff_max < backoff_initial {
+            if let Some(field) = &raw.backoff_max_ms {
+                self.error(
+                    field.span(),
+                    "`backoff_max_ms` is smaller than `backoff_initial_ms`",
+                    Some("the cap must be at least the first delay".into()),
+                );
+            }
+        }
+        Some(UpstreamSettings {
+            authority,
+            path_prefix,
+            timeout: self.duration_ms(&raw.timeout_ms, None, "timeout_ms", 5_000, false),
+            connect_timeout: self.duration_ms(
+                &raw.connect_timeout_ms,
+                None,
+                "connect_timeout_ms",
+                1_000,
+                false,
+            ),
+            max_concurrent_requests: self.count(
+                &raw.max_concurrent_requests,
+                None,
+                "max_concurrent_requests",
+                32,
+            ),
+            max_body_bytes: self.count(&raw.max_body_bytes, None, "max_body_bytes", 1 << 20),
+            backoff_initial,
+            backoff_max,
+        })
+    }
+
+    fn base_url(&mut self, url: &Spanned<String>) -> Option<(String, String)> {
+        let help =
+            Some("write it like \"http://127.0.0.1:3000\" (optionally with a path prefix)".to_string());
+        let parsed = match url.get_ref().parse::<http::Uri>() {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.error(
+                    url.span(),
+                    format!("`base_url` is not a valid URL: {error}"),
+                    help,
+                );
+                return None;
+            }
+        };
+        match parsed.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                self.error(
+                    url.span(),
+                    "`base_url` uses https, which this build does not support",
+                    Some("a sidecar talks to its pod-local backend over plain http://".into()),
+                );
+                return None;
+            }
+            _ => {
+                self.error(url.span(), "`base_url` must start with http://", help);
+                return None;
+            }
+        }
+        let Some(authority) = parsed.authority().filter(|a| !a.host().is_empty()) else {
+            self.error(url.span(), "`base_url` has no host", help);
+            return None;
+        };
+        if parsed.query().is_some() {
+            self.error(url.span(), "`base_url` must not have a query string", help);
+            return None;
+        }
+        let host_port = match authority.port_u16() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => format!("{}:80", authority.host()),
+        };
+        Some((host_port, parsed.path().trim_end_matches('/').to_string()))
+    }
+
+    fn topic(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        defaults: &RawDefaults,
+        paths: &mut Vec<(PathTemplate, String)>,
+        names: &mut Vec<(String, usize)>,
+    ) -> Option<TopicSpec> {
+        let name = self.topic_name(span.clone(), raw, names);
+        let path = self.topic_path(span.clone(), raw, paths);
+        let source = match &raw.source {
+            Some(source) => match &source.get_ref().poll {
+                Some(poll) => self.poll(poll, path.as_ref()),
+                None => {
+                    self.error(
+                        source.span(),
+                        "`source` names no source",
+                        Some("set `source.poll = { url = \"/backend/path\", interval_ms = 1000 }`".into()),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.error(
+                    span.clone(),
+                    "topic has no `source`",
+                    Some("add `source.poll = { url = \"/backend/path\" }`".into()),
+                );
+                None
+            }
+        };
+        let mode = raw.mode.as_ref().map_or(Mode::State, |m| *m.get_ref());
+        let default_policy = match mode {
+            Mode::State => OverflowPolicy::Conflate,
+            Mode::Events => OverflowPolicy::Disconnect,
+        };
+        let on_full = raw
+            .on_full
+            .as_ref()
+            .or(defaults.on_full.as_ref())
+            .map_or(default_policy, |p| *p.get_ref());
+        let event = raw.event.as_ref().and_then(|event| {
+            let text = event.get_ref();
+            if text.is_empty() || text.contains(['\r', '\n']) {
+                self.error(
+                    event.span(),
+                    "`event` must be a non-empty name on one line",
+                    Some("e.g. event = \"price\", or leave it out for the default `message`".into()),
+                );
+                return None;
+            }
+            Some(Arc::<str>::from(text.as_str()))
+        });
+        let transports = self.transports(raw, defaults);
+        let hub = TopicSettings {
+            mode,
+            history: HistoryLimits {
+                max_messages: self.count(
+                    &raw.history_max_messages,
+                    defaults.history_max_messages.as_ref(),
+                    "history_max_messages",
+                    256,
+                ),
+                max_bytes: self.count(
+                    &raw.history_max_bytes,
+                    defaults.history_max_bytes.as_ref(),
+                    "history_max_bytes",
+                    4 << 20,
+                ),
+            },
+            queue: QueueLimits {
+                max_messages: self.count(
+                    &raw.queue_max_messages,
+                    defaults.queue_max_messages.as_ref(),
+                    "queue_max_messages",
+                    64,
+                ),
+                max_bytes: self.count(
+                    &raw.queue_max_bytes,
+                    defaults.queue_max_bytes.as_ref(),
+                    "queue_max_bytes",
+                    1 << 20,
+                ),
+            },
+            on_full,
+            idle_linger: self.duration_ms(
+                &raw.idle_linger_ms,
+                defaults.idle_linger_ms.as_ref(),
+                "idle_linger_ms",
+                30_000,
+                true,
+            ),
+        };
+        let keepalive = self.duration_ms(
+            &raw.keepalive_ms,
+            defaults.keepalive_ms.as_ref(),
+            "keepalive_ms",
+            15_000,
+            false,
+        );
+        let retry = self.duration_ms(
+            &raw.retry_ms,
+            defaults.retry_ms.as_ref(),
+            "retry_ms",
+            2_000,
+            false,
+        );
+        let long_poll_max_wait = self.duration_ms(
+            &raw.long_poll_max_wait_ms,
+            defaults.long_poll_max_wait_ms.as_ref(),
+            "long_poll_max_wait_ms",
+            30_000,
+            false,
+        );
+        Some(TopicSpec {
+            name: name?,
+            path: path?,
+            source: source?,
+            event,
+            transports,
+            hub,
+            keepalive,
+            retry,
+            long_poll_max_wait,
+        })
+    }
+
+    fn topic_name(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        names: &mut Vec<(String, usize)>,
+    ) -> Option<Arc<str>> {
+        let Some(name) = &raw.name else {
+            self.error(
+                span,
+                "topic has no `name`",
+                Some("add `name = \"prices\"`".into()),
+            );
+            return None;
+        };
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            self.error(
+                name.span(),
+                format!("topic name {text:?} is not valid"),
+                Some("use letters, digits, `_`, `-` and `.`".into()),
+            );
+            return None;
+        }
+        let line = self.text[..name.span().start].matches('\n').count() + 1;
+        if let Some((_, first_line)) = names.iter().find(|(n, _)| n == text) {
+            let help = format!("topic names must be unique; the first `{text}` is on line {first_line}");
+            self.error(name.span(), format!("duplicate topic name `{text}`"), Some(help));
+            return None;
+        }
+        names.push((text.clone(), line));
+        Some(Arc::from(text.as_str()))
+    }
+
+    /// The path template; `paths` holds the earlier topics' templates (with their names) so
+    /// that overlaps are found even when an earlier topic had other errors.
+    fn topic_path(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        paths: &mut Vec<(PathTemplate, String)>,
+    ) -> Option<PathTemplate> {
+        let Some(path) = &raw.path else {
+            self.error(
+                span,
+                "topic has no `path`",
+                Some("add the client-facing path, e.g. `path = \"/api/prices/{symbol}\"`".into()),
+            );
+            return None;
+        };
+        match PathTemplate::parse(path.get_ref()) {
+            Ok(template) => {
+                if let Some((other, other_name)) = paths.iter().find(|(t, _)| t.overlaps(&template)) {
+                    let message = format!(
+                        "path `{}` overlaps topic `{other_name}` (`{}`)",
+                        path.get_ref(),
+                        other.as_str()
+                    );
+                    let help = Some("every request path must belong to at most one topic".to_string());
+                    self.error(path.span(), message, help);
+                    return None;
+                }
+                let name = raw
+                    .name
+                    .as_ref()
+                    .map_or_else(String::new, |n| n.get_ref().clone());
+                paths.push((template.clone(), name));
+                Some(template)
+            }
+            Err(error) => {
+                self.error(path.span(), format!("`path`: {error}"), None);
+                None
+            }
+        }
+    }
+
+    /// The poll source; its URL is checked against `path`'s variables when the path is valid.
+    fn poll(&mut self, poll: &Spanned<RawPoll>, path: Option<&PathTemplate>) -> Option<SourceSpec> {
+        let raw = poll.get_ref();
+        let interval = self.duration_ms(&raw.interval_ms, None, "interval_ms", 1_000, false);
+        let Some(url) = &raw.url else {
+            self.error(
+                poll.span(),
+                "`source.poll` has no `url`",
+                Some("add `url = \"/backend/path\"`".into()),
+            );
+            return None;
+        };
+        let jitter_default = u64::try_from(interval.as_millis() / 10).unwrap_or(0);
+        let jitter = self.duration_ms(&raw.jitter_ms, None, "jitter_ms", jitter_default, true);
+        if jitter >= interval && !interval.is_zero() {
+            if let Some(field) = &raw.jitter_ms {
+                self.error(
+                    field.span(),
+                    "`jitter_ms` must be smaller than `interval_ms`",
+                    None,
+                );
+            }
+        }
+        let path = path?;
+        let url = match UrlTemplate::parse(url.get_ref(), path.variables()) {
+            Ok((template, used)) => {
+                let missing: Vec<&String> = path.variables().iter().filter(|v| !used.contains(v)).collect();
+                if !missing.is_empty() {
+                    let list = missing
+                        .iter()
+                        .map(|v| format!("{{{v}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.error(
+                        url.span(),
+                        format!("`url` does not use path variable(s) {list}"),
+                        Some("each topic instance must poll its own resource: put every path variable in the URL".into()),
+                    );
+                    return None;
+                }
+                template
+            }
+            Err(error) => {
+                self.error(url.span(), format!("`url` {error}"), None);
+                return None;
+            }
+        };
+        Some(SourceSpec::Poll(PollSpec {
+            url,
+            interval,
+            jitter,
+        }))
+    }
+
+    fn transports(&mut self, raw: &RawTopic, defaults: &RawDefaults) -> HashSet<Transport> {
+        let all = [Transport::Sse, Transport::LongPoll, Transport::ShortPoll];
+        match raw.transports.as_ref().or(defaults.transports.as_ref()) {
+            None => all.into_iter().collect(),
+            Some(list) if list.get_ref().is_empty() => {
+                self.error(
+                    list.span(),
+                    "`transports` is empty",
+                    Some(
+                        "list at least one of \"sse\", \"long_poll\", \"short_poll\", or leave it out".into(),
+                    ),
+                );
+                all.into_iter().collect()
+            }
+            Some(list) => list.get_ref().iter().map(|t| *t.get_ref()).collect(),
+        }
+    }
+
+    /// A positive integer from the topic, else the defaults, else `default`.
+    fn count(
+        &mut self,
+        own: &Field<i64>,
+        inherited: Option<&Spanned<i64>>,
+        name: &str,
+        default: usize,
+    ) -> usize {
+        match own.as_ref().or(inherited) {
+            None => default,
+            Some(value) if *value.get_ref() > 0 => usize::try_from(*value.get_ref()).unwrap_or(usize::MAX),
+            Some(value) => {
+                self.error(
+                    value.span(),
+                    format!("`{name}` must be greater than 0, found {}", value.get_ref()),
+                    Some(format!("remove it to use the default ({default})")),
+                );
+                default
+            }
+        }
+    }
+
+    /// A duration in milliseconds; zero only where `allow_zero`.
+    fn duration_ms(
+        &mut self,
+        own: &Field<i64>,
+        inherited: Option<&Spanned<i64>>,
+        name: &str,
+        default_ms: u64,
+        allow_zero: bool,
+    ) -> Duration {
+        match own.as_ref().or(inherited) {
+            None => Duration::from_millis(default_ms),
+            Some(value) => {
+                let ms = *value.get_ref();
+                if ms > 0 || (ms == 0 && allow_zero) {
+                    Duration::from_millis(ms.unsigned_abs())
+                } else {
+                    let bound = if allow_zero { "0 or more" } else { "greater than 0" };
+                    self.error(
+                        value.span(),
+                        format!("`{name}` must be {bound} milliseconds, found {ms}"),
+                        Some(format!("remove it to use the default ({default_ms} ms)")),
+                    );
+                    Duration::from_millis(default_ms)
+                }
+            }
+        }
+    }
+}

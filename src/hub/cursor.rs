@@ -1,0 +1,123 @@
+//! The cursor: one opaque token `{epoch}-{seq}` shared by every transport.
+//!
+//! `seq` grows by exactly one per message of a topic instance; `epoch` changes whenever
+//! history is lost (restart, topic re-created), so a cursor from an older life is recognised
+//! as unknown instead of being silently mis-read as a position in the new one.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Identifies one life of a topic instance's history. Rendered in base 36.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Epoch(u64);
+
+impl Epoch {
+    /// A fresh epoch. Seven base-36 digits: short enough for headers, random enough that two
+    /// lives of one topic never share an epoch in practice.
+    pub fn random() -> Self {
+        const LOW: u64 = 36u64.pow(6);
+        const HIGH: u64 = 36u64.pow(7);
+        Epoch(rand::random_range(LOW..HIGH))
+    }
+
+    pub const fn from_raw(raw: u64) -> Self {
+        Epoch(raw)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut digits = [0u8; 13];
+        let mut value = self.0;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            let digit = (value % 36) as u8;
+            digits[start] = if digit < 10 {
+                b'0' + digit
+            } else {
+                b'a' + digit - 10
+            };
+            value /= 36;
+            if value == 0 {
+                break;
+            }
+        }
+        // Only ASCII digits and letters were written above.
+        f.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// A position in a topic instance's message sequence: "everything up to and including `seq`".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Cursor {
+    pub epoch: Epoch,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed cursor {0:?}: expected <epoch>-<seq>, e.g. k3x9q1a-1042")]
+pub struct CursorParseError(pub String);
+
+impl FromStr for Cursor {
+    type Err = CursorParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || CursorParseError(text.chars().take(64).collect());
+        let (epoch, seq) = text.split_once('-').ok_or_else(bad)?;
+        if epoch.is_empty() || epoch.len() > 13 {
+            return Err(bad());
+        }
+        let epoch = u64::from_str_radix(epoch, 36).map_err(|_| bad())?;
+        if !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let seq = seq.parse::<u64>().map_err(|_| bad())?;
+        Ok(Cursor {
+            epoch: Epoch(epoch),
+            seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        for _ in 0..100 {
+            let cursor = Cursor {
+                epoch: Epoch::random(),
+                seq: rand::random(),
+            };
+            let text = cursor.to_string();
+            assert_eq!(text.parse::<Cursor>(), Ok(cursor), "{text}");
+        }
+        let epoch_text = Epoch::random().to_string();
+        assert_eq!(epoch_text.len(), 7);
+    }
+
+    #[test]
+    fn rejects_malformed_tokens() {
+        for bad in [
+            "",
+            "abc",
+            "-1",
+            "abc-",
+            "abc-x",
+            "a-b-c",
+            "abc--1",
+            "!!-1",
+            "zzzzzzzzzzzzzz-1",
+        ] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?} was accepted");
+        }
+    }
+}

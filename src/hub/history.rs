@@ -1,0 +1,190 @@
+//! The bounded history ring of one topic instance, and the cursor assignment it implies.
+//!
+//! This is the seam "who assigns the cursor and keeps history": the local ring here; a
+//! cluster-wide log (e.g. a Redis stream) would be another implementation of the same calls.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::cursor::{Cursor, Epoch};
+use super::message::{Message, Payload};
+
+/// Limits of the ring. Whichever is reached first evicts the oldest message, but the newest
+/// message is always kept, however large, so the latest state is never lost.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// What the history can say about a resume cursor.
+#[derive(Debug)]
+pub enum Replay {
+    /// The cursor is known: these messages follow it, oldest first (maybe none).
+    After(Vec<Arc<Message>>),
+    /// The cursor is from another epoch, from the future, or older than what is kept.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct History {
+    epoch: Epoch,
+    last_seq: u64,
+    ring: VecDeque<Arc<Message>>,
+    bytes: usize,
+    limits: HistoryLimits,
+}
+
+impl History {
+    pub fn new(epoch: Epoch, limits: HistoryLimits) -> Self {
+        History {
+            epoch,
+            last_seq: 0,
+            ring: VecDeque::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    /// The cursor of the newest message (`seq` 0 before the first one).
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            seq: self.last_seq,
+        }
+    }
+
+    /// Assigns the next cursor, encodes the message once and keeps it.
+    pub fn append(&mut self, payload: Payload) -> Arc<Message> {
+        self.last_seq += 1;
+        let message = Arc::new(Message::new(self.cursor(), payload));
+        self.bytes += message.weight();
+        self.ring.push_back(message.clone());
+        while self.ring.len() > 1
+            && (self.ring.len() > self.limits.max_messages || self.bytes > self.limits.max_bytes)
+        {
+            if let Some(evicted) = self.ring.pop_front() {
+                self.bytes -= evicted.weight();
+            }
+        }
+        message
+    }
+
+    pub fn latest(&self) -> Option<&Arc<Message>> {
+        self.ring.back()
+    }
+
+    /// Everything after `cursor`, or `Unknown` when the ring cannot answer without a gap.
+    pub fn after(&self, cursor: Cursor) -> Replay {
+        if cursor.epoch != self.epoch || cursor.seq > self.last_seq {
+            return Replay::Unknown;
+        }
+        let oldest_kept = self.ring.front().map_or(self.last_seq + 1, |m| m.cursor.seq);
+        // The client must already have everything before the oldest kept message.
+        if cursor.seq + 1 < oldest_kept {
+            return Replay::Unknown;
+        }
+        let skip = (cursor.seq + 1 - oldest_kept) as usize;
+        Replay::After(self.ring.iter().skip(skip).cloned().collect())
+    }
+
+    /// Every message still kept, oldest first.
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        self.ring.iter().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn payload(text: &'static str) -> Payload {
+        Payload {
+            data: Bytes::from_static(text.as_bytes()),
+            ..Payload::default()
+        }
+    }
+
+    fn seqs(replay: Replay) -> Option<Vec<u64>> {
+        match replay {
+            Replay::After(messages) => Some(messages.iter().map(|m| m.cursor.seq).collect()),
+            Replay::Unknown => None,
+        }
+    }
+
+    fn history(max_messages: usize, max_bytes: usize) -> History {
+        History::new(
+            Epoch::random(),
+            HistoryLimits {
+                max_messages,
+                max_bytes,
+            },
+        )
+    }
+
+    #[test]
+    fn seq_grows_by_one_and_replay_follows_the_cursor() {
+        let mut history = history(10, 1 << 20);
+        let zero = history.cursor();
+        assert_eq!(zero.seq, 0);
+        for text in ["a", "b", "c"] {
+            history.append(payload(text));
+        }
+        assert_eq!(seqs(history.after(zero)), Some(vec![1, 2, 3]));
+        let at_two = Cursor { seq: 2, ..zero };
+        assert_eq!(seqs(history.after(at_two)), Some(vec![3]));
+        assert_eq!(seqs(history.after(history.cursor())), Some(vec![]));
+    }
+
+    #[test]
+    fn cursors_from_another_epoch_or_the_future_are_unknown() {
+        let mut history = history(10, 1 << 20);
+        history.append(payload("a"));
+        let future = Cursor {
+            seq: 5,
+            ..history.cursor()
+        };
+        assert!(seqs(history.after(future)).is_none());
+        let other_epoch = Cursor {
+            epoch: Epoch::from_raw(1),
+            seq: 1,
+        };
+        assert!(seqs(history.after(other_epoch)).is_none());
+    }
+
+    #[test]
+    fn evicts_by_count_and_reports_cursors_that_fell_off() {
+        let mut history = history(3, 1 << 20);
+        let zero = history.cursor();
+        for _ in 0..5 {
+            history.append(payload("x"));
+        }
+        assert_eq!(history.len(), 3);
+        assert!(seqs(history.after(zero)).is_none(), "seq 1 and 2 are gone");
+        let at_two = Cursor { seq: 2, ..zero };
+        assert_eq!(seqs(history.after(at_two)), Some(vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn evicts_by_bytes_but_always_keeps_the_latest() {
+        let mut history = history(100, 10);
+        history.append(payload("0123456789"));
+        history.append(payload("0123456789abcdef"));
+        assert_eq!(history.len(), 1);
+        assert_eq!(history.latest().map(|m| m.cursor.seq), Some(2));
+        assert_eq!(history.bytes(), history.latest().map_or(0, |m| m.weight()));
+    }
+}

@@ -1,0 +1,128 @@
+//! A published message and its wire frames, encoded once per topic and shared by every
+//! subscriber as `Bytes` (encode once, write many).
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::cursor::Cursor;
+
+/// What an upstream hands to the hub: the payload before it has a cursor.
+#[derive(Clone, Debug, Default)]
+pub struct Payload {
+    /// Event name; `None` is the default `message` event.
+    pub event: Option<Arc<str>>,
+    /// The backend's content type, served again by the polling transports.
+    pub content_type: Option<Arc<str>>,
+    pub data: Bytes,
+}
+
+/// A message as every transport sees it: cursor assigned, frames pre-encoded.
+#[derive(Debug)]
+pub struct Message {
+    pub cursor: Cursor,
+    pub event: Option<Arc<str>>,
+    pub content_type: Option<Arc<str>>,
+    pub data: Bytes,
+    /// The complete SSE frame (`id:`, `event:`, `data:` lines and the blank line).
+    pub sse_frame: Bytes,
+}
+
+impl Message {
+    pub fn new(cursor: Cursor, payload: Payload) -> Self {
+        let sse_frame = encode_sse_frame(&cursor, payload.event.as_deref(), &payload.data);
+        Message {
+            cursor,
+            event: payload.event,
+            content_type: payload.content_type,
+            data: payload.data,
+            sse_frame,
+        }
+    }
+
+    /// Bytes this message keeps alive, for history and queue byte limits.
+    pub fn weight(&self) -> usize {
+        self.data.len() + self.sse_frame.len()
+    }
+
+    /// The event name with the SSE default filled in.
+    pub fn event_name(&self) -> &str {
+        self.event.as_deref().unwrap_or("message")
+    }
+}
+
+/// Encodes one SSE event. Every line of the payload becomes its own `data:` line (CR, LF and
+/// CRLF all end a line, as the SSE parser treats them), so multi-line JSON survives intact.
+pub fn encode_sse_frame(cursor: &Cursor, event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(data.len() + 48);
+    frame.put_slice(b"id: ");
+    frame.put_slice(cursor.to_string().as_bytes());
+    frame.put_u8(b'\n');
+    if let Some(event) = event {
+        if event != "message" {
+            frame.put_slice(b"event: ");
+            frame.put_slice(event.as_bytes());
+            frame.put_u8(b'\n');
+        }
+    }
+    for line in split_lines(data) {
+        frame.put_slice(b"data: ");
+        frame.put_slice(line);
+        frame.put_u8(b'\n');
+    }
+    frame.put_u8(b'\n');
+    frame.freeze()
+}
+
+fn split_lines(data: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut index = 0;
+    while index < data.len() {
+        match data[index] {
+            b'\n' => {
+                lines.push(&data[start..index]);
+                start = index + 1;
+            }
+            b'\r' => {
+                lines.push(&data[start..index]);
+                if data.get(index + 1) == Some(&b'\n') {
+                    index += 1;
+                }
+                start = index + 1;
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    lines.push(&data[start..]);
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::cursor::Epoch;
+
+    fn cursor(seq: u64) -> Cursor {
+        Cursor {
+            epoch: Epoch::from_raw(36u64.pow(6)),
+            seq,
+        }
+    }
+
+    #[test]
+    fn sse_frame_has_id_event_and_one_data_line_per_line() {
+        let frame = encode_sse_frame(&cursor(7), Some("price"), b"{\n  \"a\": 1\r\n}\rend");
+        assert_eq!(
+            &frame[..],
+            b"id: 1000000-7\nevent: price\ndata: {\ndata:   \"a\": 1\ndata: }\ndata: end\n\n"
+        );
+    }
+
+    #[test]
+    fn default_event_name_is_omitted_and_empty_data_still_sends_a_data_line() {
+        let frame = encode_sse_frame(&cursor(1), Some("message"), b"");
+        assert_eq!(&frame[..], b"id: 1000000-1\ndata: \n\n");
+    }
+}

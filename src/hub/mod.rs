@@ -1,0 +1,16 @@
+//! The hub: topics, cursors, history, latest state and subscribers. It knows nothing of
+//! HTTP or pingora; upstreams publish into it and downstream transports subscribe to it.
+
+pub mod cursor;
+pub mod history;
+pub mod message;
+pub mod registry;
+pub mod subscriber;
+pub mod topic;
+
+pub use cursor::{Cursor, CursorParseError, Epoch};
+pub use history::HistoryLimits;
+pub use message::{Message, Payload};
+pub use registry::{Registry, UpstreamLauncher};
+pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
+pub use topic::{Mode, Resume, Subscribe, Subscription, Topic, TopicKey, TopicSettings};

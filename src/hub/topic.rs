@@ -1,0 +1,435 @@
+//! One topic instance: its history and cursor, its latest state, and its subscribers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cursor::{Cursor, Epoch};
+use super::history::{History, HistoryLimits, Replay};
+use super::message::{Message, Payload};
+use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
+
+/// What a message of the topic means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Each message is the whole current state; a new subscriber starts with the latest.
+    State,
+    /// Each message is an event; missing one matters, so resume replays history.
+    Events,
+}
+
+/// Everything the hub needs to know about a topic's behaviour.
+#[derive(Clone, Debug)]
+pub struct TopicSettings {
+    pub mode: Mode,
+    pub history: HistoryLimits,
+    pub queue: QueueLimits,
+    pub on_full: OverflowPolicy,
+    /// How long an instance without subscribers (or requests) is kept before it is reaped.
+    pub idle_linger: Duration,
+}
+
+/// Identifies a topic instance: the topic's name plus the values of its path variables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TopicKey {
+    pub name: Arc<str>,
+    pub params: Vec<String>,
+}
+
+impl fmt::Display for TopicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        for param in &self.params {
+            write!(f, "/{param}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a new subscriber wants to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// No cursor: the latest state for state topics, "from now" for event topics.
+    Latest,
+    /// Continue after this cursor.
+    After(Cursor),
+    /// The client sent a cursor that cannot be parsed; treated like an unknown one.
+    Unknown,
+}
+
+/// The result of subscribing: what to send first, then the live subscription.
+#[derive(Debug)]
+pub struct Subscribe {
+    /// `Some(position)` when the client's cursor was unknown: it must be told to reset, and
+    /// `position` is the cursor the backlog continues from.
+    pub reset: Option<Cursor>,
+    /// Messages to send before anything live, oldest first.
+    pub backlog: Vec<Arc<Message>>,
+    pub subscription: Subscription,
+}
+
+/// The backend's recent health as seen by this topic's upstream task (serve-stale).
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamHealth {
+    pub last_success: Option<Instant>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// Monotonic counters of one topic instance.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+    pub disconnected: AtomicU64,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    history: History,
+    subscribers: HashMap<u64, Arc<SubscriberQueue>>,
+    next_subscriber_id: u64,
+    last_activity: Instant,
+    upstream: UpstreamHealth,
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    key: TopicKey,
+    settings: TopicSettings,
+    state: Mutex<TopicState>,
+    pub counters: TopicCounters,
+}
+
+impl Topic {
+    pub fn new(key: TopicKey, settings: TopicSettings) -> Arc<Self> {
+        let history = History::new(Epoch::random(), settings.history);
+        Arc::new(Topic {
+            key,
+            settings,
+            state: Mutex::new(TopicState {
+                history,
+                subscribers: HashMap::new(),
+                next_subscriber_id: 0,
+                last_activity: Instant::now(),
+                upstream: UpstreamHealth::default(),
+                closed: false,
+            }),
+            counters: TopicCounters::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TopicState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn key(&self) -> &TopicKey {
+        &self.key
+    }
+
+    pub fn settings(&self) -> &TopicSettings {
+        &self.settings
+    }
+
+    /// Assigns the next cursor, encodes once, keeps it in history and queues it for every
+    /// subscriber. Never waits for a subscriber.
+    pub fn publish(&self, payload: Payload) -> Arc<Message> {
+        let mut state = self.lock();
+        let message = state.history.append(payload);
+        let mut dropped = 0;
+        let mut disconnected = 0;
+        for queue in state.subscribers.values() {
+            let counts = queue.push(message.clone());
+            dropped += counts.dropped;
+            disconnected += u64::from(counts.disconnected);
+        }
+        drop(state);
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.counters
+            .disconnected
+            .fetch_add(disconnected, Ordering::Relaxed);
+        message
+    }
+
+    /// Registers a subscriber and computes, atomically with the registration, what it must
+    /// be sent first, so that no message falls between the backlog and the live queue.
+    pub fn subscribe(self: &Arc<Self>, resume: Resume) -> Subscribe {
+        let queue = Arc::new(SubscriberQueue::new(self.settings.queue, self.settings.on_full));
+        let mut state = self.lock();
+        let (reset, backlog) = self.backlog_for(&state.history, resume);
+        let id = state.next_subscriber_id;
+        state.next_subscriber_id += 1;
+        if state.closed {
+            queue.close(CloseReason::TopicClosed);
+        } else {
+            state.subscribers.insert(id, queue.clone());
+        }
+        state.last_activity = Instant::now();
+        drop(state);
+        Subscribe {
+            reset,
+            backlog,
+            subscription: Subscription {
+                topic: self.clone(),
+                id,
+                queue,
+            },
+        }
+    }
+
+    fn backlog_for(&self, history: &History, resume: Resume) -> (Option<Cursor>, Vec<Arc<Message>>) {
+        let latest_only = || history.latest().cloned().into_iter().collect::<Vec<_>>();
+        let replay = match resume {
+            Resume::Latest => {
+                return match self.settings.mode {
+                    Mode::State => (None, latest_only()),
+                    Mode::Events => (None, Vec::new()),
+                };
+            }
+            Resume::After(cursor) => history.after(cursor),
+            Resume::Unknown => Replay::Unknown,
+        };
+        match (replay, self.settings.mode) {
+            (Replay::After(messages), _) => (None, messages),
+            (Replay::Unknown, Mode::State) => {
+                let latest = latest_only();
+                let position = Cursor {
+                    seq: latest.first().map_or(0, |m| m.cursor.seq.saturating_sub(1)),
+                    ..history.cursor()
+                };
+                (Some(position), latest)
+            }
+            (Replay::Unknown, Mode::Events) => {
+                let kept = history.all();
+                let position = Cursor {
+                    seq: kept.first().map_or(history.cursor().seq, |m| m.cursor.seq - 1),
+                    ..history.cursor()
+                };
+                (Some(position), kept)
+            }
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut state = self.lock();
+        state.subscribers.remove(&id);
+        state.last_activity = Instant::now();
+    }
+
+    /// The newest message, the one a short poll serves.
+    pub fn latest(&self) -> Option<Arc<Message>> {
+        self.lock().history.latest().cloned()
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.lock().history.cursor()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// Marks the instance as in use by a request that does not subscribe (short poll), so
+    /// the linger counts from the last such request.
+    pub fn touch(&self) {
+        self.lock().last_activity = Instant::now();
+    }
+
+    /// `Some(idle time)` when nobody is subscribed; `None` while anyone is.
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        let state = self.lock();
+        if state.subscribers.is_empty() {
+            Some(now.saturating_duration_since(state.last_activity))
+        } else {
+            None
+        }
+    }
+
+    pub fn record_upstream_success(&self) {
+        let mut state = self.lock();
+        state.upstream.last_success = Some(Instant::now());
+        state.upstream.consecutive_failures = 0;
+        state.upstream.last_error = None;
+    }
+
+    pub fn record_upstream_failure(&self, error: String) {
+        let mut state = self.lock();
+        state.upstream.consecutive_failures += 1;
+        state.upstream.last_error = Some(error);
+    }
+
+    pub fn upstream_health(&self) -> UpstreamHealth {
+        self.lock().upstream.clone()
+    }
+
+    /// Ends every subscription; later subscribers are closed at once.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for queue in state.subscribers.values() {
+            queue.close(CloseReason::TopicClosed);
+        }
+    }
+}
+
+/// A live subscription. Dropping it unsubscribes, which is how a client that goes away
+/// frees everything it held.
+#[derive(Debug)]
+pub struct Subscription {
+    topic: Arc<Topic>,
+    id: u64,
+    queue: Arc<SubscriberQueue>,
+}
+
+impl Subscription {
+    /// Waits for the next delivery (cancel-safe).
+    pub async fn recv(&self) -> Delivery {
+        self.queue.recv().await
+    }
+
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.queue.try_recv()
+    }
+
+    pub fn topic(&self) -> &Arc<Topic> {
+        &self.topic
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.topic.unsubscribe(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    pub(crate) fn settings(mode: Mode) -> TopicSettings {
+        TopicSettings {
+            mode,
+            history: HistoryLimits {
+                max_messages: 4,
+                max_bytes: 1 << 20,
+            },
+            queue: QueueLimits {
+                max_messages: 16,
+                max_bytes: 1 << 20,
+            },
+            on_full: OverflowPolicy::Disconnect,
+            idle_linger: Duration::from_secs(5),
+        }
+    }
+
+    fn topic(mode: Mode) -> Arc<Topic> {
+        Topic::new(
+            TopicKey {
+                name: "t".into(),
+                params: vec![],
+            },
+            settings(mode),
+        )
+    }
+
+    fn publish(topic: &Topic, text: &str) -> Cursor {
+        topic
+            .publish(Payload {
+                data: Bytes::copy_from_slice(text.as_bytes()),
+                ..Payload::default()
+            })
+            .cursor
+    }
+
+    fn seqs(messages: &[Arc<Message>]) -> Vec<u64> {
+        messages.iter().map(|m| m.cursor.seq).collect()
+    }
+
+    fn live_seqs(subscription: &Subscription) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Some(Delivery::Message { message, .. }) = subscription.try_recv() {
+            seen.push(message.cursor.seq);
+        }
+        seen
+    }
+
+    #[test]
+    fn state_topic_starts_with_latest_and_event_topic_from_now() {
+        let state = topic(Mode::State);
+        publish(&state, "a");
+        publish(&state, "b");
+        let first = state.subscribe(Resume::Latest);
+        assert_eq!(seqs(&first.backlog), vec![2]);
+        assert!(first.reset.is_none());
+
+        let events = topic(Mode::Events);
+        publish(&events, "a");
+        let first = events.subscribe(Resume::Latest);
+        assert!(first.backlog.is_empty());
+        publish(&events, "b");
+        assert_eq!(live_seqs(&first.subscription), vec![2]);
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed() {
+        let events = topic(Mode::Events);
+        let seen = publish(&events, "a");
+        publish(&events, "b");
+        publish(&events, "c");
+        let resumed = events.subscribe(Resume::After(seen));
+        assert!(resumed.reset.is_none());
+        assert_eq!(seqs(&resumed.backlog), vec![2, 3]);
+        publish(&events, "d");
+        assert_eq!(live_seqs(&resumed.subscription), vec![4]);
+    }
+
+    #[test]
+    fn unknown_cursor_resets_with_what_history_holds() {
+        let events = topic(Mode::Events);
+        for text in ["a", "b", "c", "d", "e", "f"] {
+            publish(&events, text);
+        }
+        let stale = Cursor {
+            seq: 1,
+            ..events.cursor()
+        };
+        let resumed = events.subscribe(Resume::After(stale));
+        assert_eq!(resumed.reset.map(|c| c.seq), Some(2));
+        assert_eq!(seqs(&resumed.backlog), vec![3, 4, 5, 6]);
+
+        let state = topic(Mode::State);
+        publish(&state, "a");
+        let resumed = state.subscribe(Resume::Unknown);
+        assert_eq!(resumed.reset.map(|c| c.seq), Some(0));
+        assert_eq!(seqs(&resumed.backlog), vec![1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_subscription_unsubscribes_and_starts_the_idle_clock() {
+        let topic = topic(Mode::State);
+        let subscribed = topic.subscribe(Resume::Latest);
+        assert_eq!(topic.subscriber_count(), 1);
+        assert_eq!(topic.idle_for(Instant::now()), None);
+        drop(subscribed);
+        assert_eq!(topic.subscriber_count(), 0);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(topic.idle_for(Instant::now()), Some(Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_topic_ends_subscriptions() {
+        let topic = topic(Mode::Events);
+        let subscribed = topic.subscribe(Resume::Latest);
+        topic.close();
+        let delivery = subscribed.subscription.recv().await;
+        assert!(matches!(delivery, Delivery::Closed(CloseReason::TopicClosed)));
+    }
+}

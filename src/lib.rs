@@ -1,0 +1,45 @@
+//! # sidestream
+//!
+//! A sidecar reverse proxy that turns an ordinary request/response HTTP backend into
+//! real-time push. For each configured **topic** it talks to the backend once and fans the
+//! result out to any number of clients; every other request passes through unchanged.
+//!
+//! ## The flow
+//!
+//! ```text
+//! config ──▶ upstream ──publish──▶ hub ──subscribe──▶ downstream ──▶ clients
+//!            (poll the backend     (cursor, history,   (SSE, pass-through)
+//!             once per instance)    latest, queues)
+//! ```
+//!
+//! `app` wires it into one pingora server; `main` is the CLI.
+//!
+//! ## Glossary
+//!
+//! - **topic**: a `[[topic]]` of the config: a client path template such as
+//!   `/api/prices/{symbol}` and the backend source behind it. Each distinct set of path
+//!   values is a **topic instance** ([`hub::TopicKey`]), with its own upstream task.
+//! - **message**: one published payload with its cursor and its pre-encoded wire frames
+//!   ([`hub::Message`]), shared as `Bytes` by every subscriber (encode once, write many).
+//! - **cursor**: `{epoch}-{seq}` ([`hub::Cursor`]); `seq` grows by one per message, `epoch`
+//!   changes when history is lost. It is the SSE `id` and every transport's resume token.
+//! - **subscriber**: one client's bounded queue ([`hub::subscriber`]) with the topic's
+//!   overflow policy (conflate, drop oldest, disconnect).
+//! - **upstream**: the side that talks to the backend ([`upstream`]): conditional polling
+//!   with backoff and jitter.
+//! - **downstream**: the side that talks to clients ([`downstream`]): transport choice,
+//!   SSE, and pass-through of everything else.
+//!
+//! ## Where things live
+//!
+//! - [`config`]: TOML → typed settings; every error at once with `file:line:col`.
+//! - [`upstream`]: backend client (pingora connector), poll source, backoff.
+//! - [`hub`]: topics, cursor, history, subscribers, registry. Knows nothing of HTTP.
+//! - [`downstream`]: the pingora proxy app: router, SSE, responses, pass-through.
+//! - [`app`]: builds the pingora server and its services; shutdown wiring.
+
+pub mod app;
+pub mod config;
+pub mod downstream;
+pub mod hub;
+pub mod upstream;

@@ -1,0 +1,61 @@
+//! Upstream: talks to the backend once per topic instance and publishes into the hub.
+
+pub mod backoff;
+pub mod client;
+pub mod poll;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SourceSpec, TopicSpec, UpstreamSettings};
+use crate::hub::{Topic, UpstreamLauncher};
+use backoff::Backoff;
+pub use client::{Backend, UpstreamClient, UpstreamError};
+use poll::PollTask;
+
+/// Starts the right source task for each new topic instance.
+pub struct SourceLauncher {
+    topics: HashMap<Arc<str>, TopicSpec>,
+    client: Arc<UpstreamClient>,
+    settings: UpstreamSettings,
+}
+
+impl SourceLauncher {
+    pub fn new(topics: &[TopicSpec], client: Arc<UpstreamClient>, settings: UpstreamSettings) -> Self {
+        SourceLauncher {
+            topics: topics.iter().map(|t| (t.name.clone(), t.clone())).collect(),
+            client,
+            settings,
+        }
+    }
+}
+
+impl UpstreamLauncher for SourceLauncher {
+    fn launch(&self, topic: Arc<Topic>, stop: CancellationToken) {
+        let Some(spec) = self.topics.get(&topic.key().name) else {
+            tracing::error!(topic = %topic.key(), "no source configured for topic");
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(topic = %topic.key(), "no runtime to run the source on");
+            return;
+        };
+        match &spec.source {
+            SourceSpec::Poll(poll) => {
+                let task = PollTask {
+                    client: self.client.clone(),
+                    url: poll.url.render(&topic.key().params),
+                    event: spec.event.clone(),
+                    interval: poll.interval,
+                    jitter: poll.jitter,
+                    backoff: Backoff::new(self.settings.backoff_initial, self.settings.backoff_max),
+                    topic,
+                    stop,
+                };
+                runtime.spawn(task.run());
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The poll source: one task per topic instance GETs the backend resource conditionally and
+//! publishes only real changes.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::client::{UpstreamClient, UpstreamResponse, Validators};
+use crate::hub::{Payload, Topic};
+
+/// What one poll response means for the topic.
+#[derive(Debug)]
+pub enum Observation {
+    /// New content: publish it.
+    Changed(Payload),
+    /// `304`, or the same bytes again.
+    Unchanged,
+    /// Not usable; keep serving the last good state.
+    Failed(String),
+}
+
+/// The change detector: validators for the next request and a hash of the last content.
+#[derive(Debug, Default)]
+pub struct ChangeDetector {
+    validators: Validators,
+    last_hash: Option<u64>,
+    event: Option<Arc<str>>,
+}
+
+impl ChangeDetector {
+    pub fn new(event: Option<Arc<str>>) -> Self {
+        ChangeDetector {
+            event,
+            ..ChangeDetector::default()
+        }
+    }
+
+    pub fn validators(&self) -> &Validators {
+        &self.validators
+    }
+
+    pub fn observe(&mut self, response: UpstreamResponse) -> Observation {
+        match response.status {
+            304 => Observation::Unchanged,
+            200..=299 => {
+                if let Some(problem) = garbage(&response) {
+                    return Observation::Failed(problem);
+                }
+                // Validators are remembered even when the content hash says "same", so the
+                // next request is conditional on what the backend now considers current.
+                self.validators = response.validators;
+                let mut hasher = DefaultHasher::new();
+                response.content_type.hash(&mut hasher);
+                response.body.hash(&mut hasher);
+                let hash = hasher.finish();
+                if self.last_hash == Some(hash) {
+                    return Observation::Unchanged;
+                }
+                self.last_hash = Some(hash);
+                Observation::Changed(Payload {
+                    event: self.event.clone(),
+                    content_type: response.content_type.map(Arc::from),
+                    data: response.body,
+                })
+            }
+            status => Observation::Failed(format!("backend answered {status}")),
+        }
+    }
+}
+
+/// A body that says it is JSON but does not parse is a broken response, not a new state.
+fn garbage(response: &UpstreamResponse) -> Option<String> {
+    let declared_json = response.content_type.as_deref().is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        essence == "application/json" || essence.ends_with("+json")
+    });
+    if declared_json {
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&response.body) {
+            return Some(format!("backend sent invalid JSON: {error}"));
+        }
+    }
+    None
+}
+
+pub struct PollTask {
+    pub client: Arc<UpstreamClient>,
+    pub topic: Arc<Topic>,
+    pub url: String,
+    /// SSE event name given to every message this source publishes.
+    pub event: Option<Arc<str>>,
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub backoff: Backoff,
+    pub stop: CancellationToken,
+}
+
+impl PollTask {
+    pub async fn run(mut self) {
+        let mut detector = ChangeDetector::new(self.event.clone());
+        tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
+        loop {
+            let outcome = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                outcome = self.client.get(&self.url, detector.validators()) => outcome,
+            };
+            let observation = match outcome {
+                Ok(response) => detector.observe(response),
+                Err(error) => Observation::Failed(error.to_string()),
+            };
+            let delay = match observation {
+                Observation::Changed(payload) => {
+                    self.topic.record_upstream_success();
+                    self.topic.publish(payload);
+                    self.backoff.reset();
+                    self.next_interval()
+                }
+                Observation::Unchanged => {
+                    self.topic.record_upstream_success();
+                    self.backoff.reset();
+                    self.next_interval()
+                }
+                Observation::Failed(reason) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(
+                        topic = %self.topic.key(),
+                        url = %self.url,
+                        failures = self.backoff.failures(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "poll failed, serving last good state: {reason}"
+                    );
+                    self.topic.record_upstream_failure(reason);
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::debug!(topic = %self.topic.key(), "poller stopped");
+    }
+
+    fn next_interval(&self) -> Duration {
+        if self.jitter.is_zero() {
+            return self.interval;
+        }
+        let spread = self.jitter.as_secs_f64();
+        let offset = rand::random_range(-spread..spread);
+        Duration::from_secs_f64((self.interval.as_secs_f64() + offset).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn response(status: u16, etag: Option<&str>, content_type: &str, body: &'static str) -> UpstreamResponse {
+        UpstreamResponse {
+            status,
+            validators: Validators {
+                etag: etag.map(str::to_string),
+                last_modified: None,
+            },
+            content_type: Some(content_type.to_string()),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn only_changes_become_messages() {
+        let mut detector = ChangeDetector::new(None);
+        let first = detector.observe(response(200, Some("\"a\""), "application/json", "{\"p\":1}"));
+        assert!(matches!(first, Observation::Changed(_)));
+        assert_eq!(detector.validators().etag.as_deref(), Some("\"a\""));
+        assert!(matches!(
+            detector.observe(response(304, None, "application/json", "")),
+            Observation::Unchanged
+        ));
+        // No validators, same bytes: the hash decides.
+        assert!(matches!(
+            detector.observe(response(200, None, "application/json", "{\"p\":1}")),
+            Observation::Unchanged
+        ));
+        assert!(matches!(
+            detector.observe(response(200, None, "application/json", "{\"p\":2}")),
+            Observation::Changed(_)
+        ));
+    }
+
+    #[test]
+    fn errors_and_garbage_are_failures_that_keep_the_last_state() {
+        let mut detector = ChangeDetector::new(None);
+        detector.observe(response(200, Some("\"a\""), "application/json", "{}"));
+        assert!(matches!(
+            detector.observe(response(500, None, "text/plain", "oops")),
+            Observation::Failed(_)
+        ));
+        assert!(matches!(
+            detector.observe(response(
+                200,
+                Some("\"b\""),
+                "application/json; charset=utf-8",
+                "{garbage"
+            )),
+            Observation::Failed(_)
+        ));
+        assert_eq!(
+            detector.validators().etag.as_deref(),
+            Some("\"a\""),
+            "garbage does not move validators"
+        );
+        assert!(matches!(
+            detector.observe(response(200, None, "text/plain", "{not json but not declared")),
+            Observation::Changed(_)
+        ));
+    }
+}
