@@ -2,8 +2,10 @@
 //! transport the request picks; every other request passes through to the backend.
 
 pub mod in_flight;
+pub mod long_poll;
 pub mod response;
 pub mod router;
+pub mod short_poll;
 pub mod sse;
 
 use std::sync::Arc;
@@ -65,10 +67,8 @@ impl Sidecar {
         let topic = self.registry.get_or_create(&route.key, || spec.hub.clone());
         match transport {
             Transport::Sse => sse::serve(session, topic, spec, &self.shutdown).await,
-            Transport::LongPoll | Transport::ShortPoll => {
-                let reason = "this transport is not available yet; use Accept: text/event-stream";
-                respond_reason(session, 406, reason, &[]).await
-            }
+            Transport::LongPoll => long_poll::serve(session, topic, spec, &self.shutdown).await,
+            Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
         }
     }
 }

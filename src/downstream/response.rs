@@ -1,12 +1,16 @@
 //! Small helpers for complete (non-streaming) responses and for reading a client's cursor.
 
-use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use tokio::time::Instant;
 
 use super::router::{header, query_param};
-use crate::hub::{Cursor, Resume};
+use crate::hub::{Cursor, Message, Mode, Resume, Topic};
 
 /// Writes a complete response with a `Content-Length` body (empty for `HEAD` and `304`).
 pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: Bytes) -> Result<()> {
@@ -75,6 +79,117 @@ pub fn sse_resume(request: &RequestHeader) -> Resume {
 /// `"<cursor>"`, the ETag of a topic's state at `cursor`.
 pub fn etag(cursor: Cursor) -> String {
     format!("\"{cursor}\"")
+}
+
+/// The polling transports' cursor: `?cursor=` first, else `If-None-Match` (its first entity
+/// tag; `*` means none). A token that does not parse is a client error.
+pub fn poll_cursor(request: &RequestHeader) -> std::result::Result<Option<Cursor>, String> {
+    let token = match query_param(request, "cursor") {
+        Some(token) => token.into_owned(),
+        None => match header(request, "if-none-match") {
+            None => return Ok(None),
+            Some(list) => list.split(',').next().unwrap_or("").trim().to_string(),
+        },
+    };
+    if token.is_empty() || token == "*" {
+        return Ok(None);
+    }
+    parse_cursor_token(&token).map(Some).ok_or_else(|| {
+        format!("malformed cursor {token:?}: send back an ETag or cursor this server gave you")
+    })
+}
+
+/// How long a long poll may be held: `?wait=` or `Prefer: wait=` in seconds (decimals
+/// allowed), clamped to `cap`. `None` when the request names no wait.
+pub fn requested_wait(
+    request: &RequestHeader,
+    cap: Duration,
+) -> std::result::Result<Option<Duration>, String> {
+    let raw = query_param(request, "wait").map(|w| w.into_owned()).or_else(|| {
+        header(request, "prefer")?.split(',').find_map(|item| {
+            let (name, value) = item.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().to_string())
+        })
+    });
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    match raw.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Ok(Some(Duration::from_secs_f64(seconds.min(cap.as_secs_f64()))))
+        }
+        _ => Err(format!(
+            "malformed wait {raw:?}: give a number of seconds, e.g. wait=30"
+        )),
+    }
+}
+
+/// Headers every polling answer carries.
+fn polling_headers(response: &mut ResponseHeader, cursor: Cursor, mode: Mode) -> Result<()> {
+    response.insert_header("ETag", etag(cursor))?;
+    response.insert_header("Cache-Control", "no-cache")?;
+    response.insert_header(
+        "X-Sidestream-Mode",
+        match mode {
+            Mode::State => "state",
+            Mode::Events => "events",
+        },
+    )?;
+    Ok(())
+}
+
+/// `200` with a state: the backend's own body and content type, the cursor as ETag, and
+/// `Age` = seconds since the backend last confirmed it (so a client can see stale data).
+pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeader, Bytes)> {
+    let mut response = ResponseHeader::build(200, Some(6))?;
+    response.insert_header(
+        "Content-Type",
+        message
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+    )?;
+    polling_headers(&mut response, message.cursor, Mode::State)?;
+    if let Some(last_success) = topic.upstream_health().last_success {
+        response.insert_header(
+            "Age",
+            Instant::now().saturating_duration_since(last_success).as_secs(),
+        )?;
+    }
+    Ok((response, message.data.clone()))
+}
+
+/// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}`, built
+/// from each message's pre-encoded JSON entry.
+pub fn batch_response(
+    mode: Mode,
+    cursor: Cursor,
+    messages: &[Arc<Message>],
+    reset: bool,
+) -> Result<(ResponseHeader, Bytes)> {
+    let size: usize = messages.iter().map(|m| m.json_entry.len() + 1).sum();
+    let mut body = BytesMut::with_capacity(size + 64);
+    body.put_slice(format!("{{\"cursor\":\"{cursor}\",\"messages\":[").as_bytes());
+    for (index, message) in messages.iter().enumerate() {
+        if index > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&message.json_entry);
+    }
+    body.put_slice(format!("],\"reset\":{reset}}}").as_bytes());
+    let mut response = ResponseHeader::build(200, Some(5))?;
+    response.insert_header("Content-Type", "application/json")?;
+    polling_headers(&mut response, cursor, mode)?;
+    Ok((response, body.freeze()))
+}
+
+/// `304`: nothing newer than `cursor`.
+pub fn not_modified(cursor: Cursor, mode: Mode) -> Result<ResponseHeader> {
+    let mut response = ResponseHeader::build(304, Some(4))?;
+    polling_headers(&mut response, cursor, mode)?;
+    Ok(response)
 }
 
 #[cfg(test)]

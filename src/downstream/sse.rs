@@ -50,6 +50,7 @@ pub async fn serve(
         reset,
         backlog,
         subscription,
+        ..
     } = topic.subscribe(resume);
 
     let mut response = ResponseHeader::build(200, Some(5))?;

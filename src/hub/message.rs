@@ -26,23 +26,28 @@ pub struct Message {
     pub data: Bytes,
     /// The complete SSE frame (`id:`, `event:`, `data:` lines and the blank line).
     pub sse_frame: Bytes,
+    /// The JSON envelope `{"id","event","data"}` used by long-poll batches (and any
+    /// transport that wraps messages in JSON).
+    pub json_entry: Bytes,
 }
 
 impl Message {
     pub fn new(cursor: Cursor, payload: Payload) -> Self {
         let sse_frame = encode_sse_frame(&cursor, payload.event.as_deref(), &payload.data);
+        let json_entry = encode_json_entry(&cursor, payload.event.as_deref(), &payload.data);
         Message {
             cursor,
             event: payload.event,
             content_type: payload.content_type,
             data: payload.data,
             sse_frame,
+            json_entry,
         }
     }
 
     /// Bytes this message keeps alive, for history and queue byte limits.
     pub fn weight(&self) -> usize {
-        self.data.len() + self.sse_frame.len()
+        self.data.len() + self.sse_frame.len() + self.json_entry.len()
     }
 
     /// The event name with the SSE default filled in.
@@ -72,6 +77,35 @@ pub fn encode_sse_frame(cursor: &Cursor, event: Option<&str>, data: &[u8]) -> By
     }
     frame.put_u8(b'\n');
     frame.freeze()
+}
+
+/// Encodes the JSON envelope. A payload that is itself JSON is embedded as is; UTF-8 text
+/// becomes a JSON string; anything else is base64 with `"encoding":"base64"`.
+pub fn encode_json_entry(cursor: &Cursor, event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut entry = BytesMut::with_capacity(data.len() + 64);
+    entry.put_slice(b"{\"id\":\"");
+    entry.put_slice(cursor.to_string().as_bytes());
+    entry.put_slice(b"\",\"event\":");
+    entry.put_slice(json_string(event.unwrap_or("message")).as_bytes());
+    entry.put_slice(b",\"data\":");
+    let is_json = !data.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+    if is_json {
+        entry.put_slice(data);
+    } else if let Ok(text) = std::str::from_utf8(data) {
+        entry.put_slice(json_string(text).as_bytes());
+    } else {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+        entry.put_slice(json_string(&encoded).as_bytes());
+        entry.put_slice(b",\"encoding\":\"base64\"");
+    }
+    entry.put_u8(b'}');
+    entry.freeze()
+}
+
+fn json_string(text: &str) -> String {
+    // Serialising a &str cannot fail.
+    serde_json::to_string(text).unwrap_or_else(|_| String::from("\"\""))
 }
 
 fn split_lines(data: &[u8]) -> Vec<&[u8]> {
@@ -118,6 +152,28 @@ mod tests {
             &frame[..],
             b"id: 1000000-7\nevent: price\ndata: {\ndata:   \"a\": 1\ndata: }\ndata: end\n\n"
         );
+    }
+
+    #[test]
+    fn json_entry_embeds_json_wraps_text_and_base64s_binary() {
+        let entry = encode_json_entry(&cursor(3), None, b"{\"a\": [1, 2]}");
+        assert_eq!(
+            &entry[..],
+            br#"{"id":"1000000-3","event":"message","data":{"a": [1, 2]}}"#
+        );
+        let entry = encode_json_entry(&cursor(4), Some("t"), b"he said \"hi\"\n");
+        assert_eq!(
+            &entry[..],
+            br#"{"id":"1000000-4","event":"t","data":"he said \"hi\"\n"}"#
+        );
+        let entry = encode_json_entry(&cursor(5), None, &[0xff, 0x00]);
+        assert_eq!(
+            &entry[..],
+            br#"{"id":"1000000-5","event":"message","data":"/wA=","encoding":"base64"}"#
+        );
+        let entry = encode_json_entry(&cursor(6), None, b"");
+        let parsed: serde_json::Value = serde_json::from_slice(&entry).expect("valid JSON");
+        assert_eq!(parsed["data"], "");
     }
 
     #[test]

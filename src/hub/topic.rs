@@ -70,6 +70,8 @@ pub struct Subscribe {
     pub reset: Option<Cursor>,
     /// Messages to send before anything live, oldest first.
     pub backlog: Vec<Arc<Message>>,
+    /// The topic's cursor at subscription time: live messages follow it.
+    pub start: Cursor,
     pub subscription: Subscription,
 }
 
@@ -164,6 +166,7 @@ impl Topic {
         let queue = Arc::new(SubscriberQueue::new(self.settings.queue, self.settings.on_full));
         let mut state = self.lock();
         let (reset, backlog) = self.backlog_for(&state.history, resume);
+        let start = state.history.cursor();
         let id = state.next_subscriber_id;
         state.next_subscriber_id += 1;
         if state.closed {
@@ -176,6 +179,7 @@ impl Topic {
         Subscribe {
             reset,
             backlog,
+            start,
             subscription: Subscription {
                 topic: self.clone(),
                 id,

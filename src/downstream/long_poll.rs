@@ -1,0 +1,127 @@
+//! Long polling: the request is held on a hub subscription plus a timer (no thread, no busy
+//! loop) until something after the client's cursor exists or the wait runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_proxy::Session;
+use tokio_util::sync::CancellationToken;
+
+use super::response::{
+    batch_response, not_modified, poll_cursor, requested_wait, respond, respond_reason, state_response,
+};
+use crate::config::TopicSpec;
+use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Topic};
+
+/// What ends a hold.
+enum Outcome {
+    /// Messages after the cursor (`reset` if the cursor was unknown).
+    Messages {
+        messages: Vec<Arc<Message>>,
+        reset: bool,
+        position: Cursor,
+    },
+    /// Nothing new within the wait (or the server is draining): `304`.
+    NothingNew(Cursor),
+    ClientGone,
+}
+
+pub async fn serve(
+    session: &mut Session,
+    topic: Arc<Topic>,
+    spec: &TopicSpec,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let request = session.req_header();
+    let wait = match requested_wait(request, spec.long_poll_max_wait) {
+        Ok(wait) => wait.unwrap_or(spec.long_poll_max_wait),
+        Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
+    };
+    let cursor = match poll_cursor(request) {
+        Ok(cursor) => cursor,
+        Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
+    };
+    let outcome = hold(session, &topic, cursor, wait, shutdown).await;
+    let mode = spec.mode();
+    let (response, body) = match outcome {
+        Outcome::ClientGone => {
+            session.set_keepalive(None);
+            return Ok(());
+        }
+        Outcome::NothingNew(position) => (not_modified(position, mode)?, Bytes::new()),
+        Outcome::Messages {
+            messages,
+            reset,
+            position,
+        } => match (mode, messages.last()) {
+            (Mode::State, Some(latest)) => state_response(&topic, latest)?,
+            (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
+            (Mode::Events, last) => {
+                let cursor = last.map_or(position, |m| m.cursor);
+                batch_response(mode, cursor, &messages, reset)?
+            }
+        },
+    };
+    respond(session, response, body).await
+}
+
+async fn hold(
+    session: &mut Session,
+    topic: &Arc<Topic>,
+    cursor: Option<Cursor>,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let resume = cursor.map_or(Resume::Latest, Resume::After);
+    let Subscribe {
+        reset,
+        backlog,
+        start,
+        subscription,
+    } = topic.subscribe(resume);
+    // The position a `304` repeats: what the client already has.
+    let position = cursor.unwrap_or(start);
+    if reset.is_some() || !backlog.is_empty() {
+        return Outcome::Messages {
+            position: reset.unwrap_or(position),
+            messages: backlog,
+            reset: reset.is_some(),
+        };
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let first = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Outcome::NothingNew(position),
+        delivery = subscription.recv() => delivery,
+        _ = tokio::time::sleep_until(deadline) => return Outcome::NothingNew(position),
+        _ = session.read_body_or_idle(true) => return Outcome::ClientGone,
+    };
+    match first {
+        Delivery::Message { message, .. } => {
+            // Everything already queued goes in the same answer: fewer round trips under load.
+            let mut messages = vec![message];
+            while let Some(Delivery::Message { message, .. }) = subscription.try_recv() {
+                messages.push(message);
+            }
+            Outcome::Messages {
+                messages,
+                reset: false,
+                position,
+            }
+        }
+        Delivery::Closed(CloseReason::Overflow) => {
+            // More arrived than this request's queue holds before it could answer; history
+            // has them all (or says they are gone), so answer from there.
+            drop(subscription);
+            let again = topic.subscribe(resume);
+            Outcome::Messages {
+                position: again.reset.unwrap_or(position),
+                reset: again.reset.is_some(),
+                messages: again.backlog,
+            }
+        }
+        Delivery::Closed(CloseReason::TopicClosed) => Outcome::NothingNew(position),
+    }
+}
