@@ -4,6 +4,7 @@
 //! cargo run --example client -- --transport sse        http://127.0.0.1:8080/api/prices/AAPL
 //! cargo run --example client -- --transport long_poll  http://127.0.0.1:8080/api/trades
 //! cargo run --example client -- --transport short_poll http://127.0.0.1:8080/api/prices/AAPL
+//! cargo run --example client -- --transport websocket  http://127.0.0.1:8080/api/trades
 //! ```
 //!
 //! Each prints one line per message (`<cursor> <data>`), resumes from its last cursor after a
@@ -24,6 +25,7 @@ enum Transport {
     Sse,
     LongPoll,
     ShortPoll,
+    Websocket,
 }
 
 #[derive(Parser, Debug)]
@@ -49,6 +51,7 @@ async fn main() -> Result<(), Error> {
         let result = match args.transport {
             Transport::Sse => follow_sse(&args, &mut cursor, &mut seen).await,
             Transport::LongPoll => poll_once(&args, &mut cursor, &mut seen, Some(25)).await,
+            Transport::Websocket => follow_websocket(&args, &mut cursor, &mut seen).await,
             Transport::ShortPoll => {
                 let result = poll_once(&args, &mut cursor, &mut seen, None).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -131,6 +134,48 @@ async fn follow_sse(args: &Args, cursor: &mut Option<String>, seen: &mut usize) 
         }
     }
     Err("stream ended".into())
+}
+
+/// WebSocket (permessage-deflate offered): one message per hub message; with the JSON
+/// envelope the cursor is in each message and `?cursor=` resumes after a reconnect.
+async fn follow_websocket(args: &Args, cursor: &mut Option<String>, seen: &mut usize) -> Result<(), Error> {
+    use futures_util::StreamExt;
+    let mut url = url::Url::parse(&args.url.to_string())?;
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme)
+        .map_err(|_| "cannot use this URL for WebSocket")?;
+    if let Some(cursor) = cursor.as_deref() {
+        url.query_pairs_mut().append_pair("cursor", cursor);
+    }
+    let options = yawc::Options::default()
+        .with_low_latency_compression()
+        .with_utf8();
+    let mut ws = yawc::WebSocket::connect(url).with_options(options).await?;
+    while let Some(frame) = ws.next().await {
+        let payload = frame.payload();
+        match frame.opcode() {
+            yawc::frame::OpCode::Text | yawc::frame::OpCode::Binary => {}
+            yawc::frame::OpCode::Close => return Err("the server closed the connection".into()),
+            _ => continue,
+        }
+        let text = String::from_utf8_lossy(payload).into_owned();
+        let envelope: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        match envelope.as_ref().and_then(|e| e["id"].as_str()) {
+            Some(id) => {
+                *cursor = Some(id.to_string());
+                println!(
+                    "{id} {}",
+                    envelope.as_ref().map_or(String::new(), |e| e["data"].to_string())
+                );
+            }
+            None => println!("- {text}"),
+        }
+        *seen += 1;
+        if args.count > 0 && *seen >= args.count {
+            return Ok(());
+        }
+    }
+    Err("connection lost".into())
 }
 
 /// Long poll (`wait` set) or short poll: one request, cursor in `?cursor=`.

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const PAGE: &str = include_str!("demo_page.html");
 const LONG_POLL_CLIENT: &str = include_str!("long_poll_client.js");
+const WEBSOCKET_CLIENT: &str = include_str!("websocket_client.js");
 const BACKEND: &str = "127.0.0.1:3000";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          curl -i http://{listen}/api/prices/AAPL            # short poll: latest state + ETag\n  \
          curl -i 'http://{listen}/api/prices/AAPL?wait=10'  # long poll\n  \
          curl -i http://{listen}/orders -d '{{\"buy\":1}}'      # pass-through to the backend\n  \
+         cargo run --example client -- --transport websocket ws://{listen}/api/trades   # WebSocket\n  \
          open http://{listen}/                              # live page (EventSource)\n\nCtrl-C stops.\n"
     );
     let app = sidestream::app::App::build(config)?;
@@ -140,6 +142,7 @@ fn route(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         "/orders" => respond(201, "application/json", None, "{\"accepted\":true}".into()),
         "/" | "/index.html" => respond(200, "text/html; charset=utf-8", None, PAGE.into()),
         "/long_poll_client.js" => respond(200, "text/javascript", None, LONG_POLL_CLIENT.into()),
+        "/websocket_client.js" => respond(200, "text/javascript", None, WEBSOCKET_CLIENT.into()),
         _ => respond(404, "text/plain", None, "not found\n".into()),
     }
 }

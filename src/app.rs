@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::downstream::in_flight::InFlight;
-use crate::downstream::router::Router;
 use crate::downstream::Sidecar;
 use crate::hub::Registry;
 use crate::upstream::{Backend, SourceLauncher, UpstreamClient};
@@ -32,7 +31,7 @@ pub enum AppError {
 /// A built, not yet running, sidecar.
 pub struct App {
     config: Config,
-    backend: Backend,
+    client: Arc<UpstreamClient>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 }
@@ -44,16 +43,16 @@ impl App {
             source,
         })?;
         let shutdown = CancellationToken::new();
-        let client = Arc::new(UpstreamClient::new(backend.clone(), &config.upstream));
+        let client = Arc::new(UpstreamClient::new(backend, &config.upstream));
         let launcher = Arc::new(SourceLauncher::new(
             &config.topics,
-            client,
+            client.clone(),
             config.upstream.clone(),
         ));
         let registry = Arc::new(Registry::new(launcher, shutdown.clone()));
         Ok(App {
             config,
-            backend,
+            client,
             registry,
             shutdown,
         })
@@ -85,10 +84,9 @@ impl App {
         let conf = server.configuration.clone();
         let in_flight = Arc::new(InFlight::default());
         let sidecar = Sidecar::new(
-            Router::new(self.config.topics.clone()),
+            &self.config,
             self.registry.clone(),
-            self.backend.clone(),
-            self.config.upstream.connect_timeout,
+            self.client.clone(),
             self.shutdown.clone(),
             in_flight.clone(),
         );
@@ -97,7 +95,7 @@ impl App {
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
 
-        tracing::info!(listen = %self.config.server.listen, backend = %self.backend.addr, "sidestream starting");
+        tracing::info!(listen = %self.config.server.listen, backend = %self.client.backend().addr, "sidestream starting");
         server.run(RunArgs {
             shutdown_signal: Box::new(ForwardShutdown {
                 inner: signal,

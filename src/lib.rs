@@ -42,4 +42,5 @@ pub mod app;
 pub mod config;
 pub mod downstream;
 pub mod hub;
+pub mod metrics;
 pub mod upstream;

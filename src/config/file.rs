@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::hub::{Mode, OverflowPolicy};
+use crate::hub::{Envelope, Mode, OverflowPolicy};
 
 pub type Field<T> = Option<Spanned<T>>;
 
@@ -36,6 +36,7 @@ pub enum Transport {
     Sse,
     LongPoll,
     ShortPoll,
+    Websocket,
 }
 
 /// Declares a struct with the per-topic tunables that `[defaults]` sets and each `[[topic]]`
@@ -68,7 +69,28 @@ with_tunables!(RawTopic {
     source: Field<RawSource>,
     mode: Field<Mode>,
     event: Field<String>,
+    websocket: Field<RawWebsocket>,
 });
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebsocket {
+    pub deflate: Field<bool>,
+    pub deflate_min_bytes: Field<i64>,
+    pub envelope: Field<Envelope>,
+    pub ping_interval_ms: Field<i64>,
+    pub pong_timeout_ms: Field<i64>,
+    pub max_message_bytes: Field<i64>,
+    pub inbound: Field<String>,
+}
+
+/// Test and conformance switches; all off by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTesting {
+    pub websocket_echo_path: Field<String>,
+    pub websocket_echo_max_message_bytes: Field<i64>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use file::Transport;
 pub use template::{PathTemplate, UrlTemplate};
 
-use crate::hub::{Mode, TopicSettings};
+use crate::hub::{Envelope, Mode, TopicSettings};
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -23,6 +23,31 @@ pub struct Config {
     pub server: ServerSettings,
     pub upstream: UpstreamSettings,
     pub topics: Vec<TopicSpec>,
+    /// `[testing] websocket_echo_path`: an echo endpoint on the same WebSocket stack, for
+    /// conformance suites. `None` (the default) serves no such path.
+    pub websocket_echo: Option<EchoSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EchoSpec {
+    pub path: String,
+    pub websocket: WebsocketSpec,
+}
+
+/// A topic's WebSocket settings.
+#[derive(Clone, Debug)]
+pub struct WebsocketSpec {
+    /// Offer permessage-deflate when the client asks for it.
+    pub deflate: bool,
+    /// Messages smaller than this go uncompressed.
+    pub deflate_min_bytes: usize,
+    pub envelope: Envelope,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// Largest client message (after inflating); larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Backend URL that client messages are POSTed to; `None` = client messages close 1008.
+    pub inbound: Option<UrlTemplate>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +86,7 @@ pub struct TopicSpec {
     pub keepalive: Duration,
     pub retry: Duration,
     pub long_poll_max_wait: Duration,
+    pub websocket: WebsocketSpec,
 }
 
 impl TopicSpec {

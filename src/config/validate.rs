@@ -10,14 +10,17 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::file::{Field, RawDefaults, RawPoll, RawServer, RawTopic, RawUpstream, Transport};
+use super::file::{
+    Field, RawDefaults, RawPoll, RawServer, RawTesting, RawTopic, RawUpstream, RawWebsocket, Transport,
+};
 use super::template::{PathTemplate, UrlTemplate};
 use super::{
-    Config, ConfigError, ConfigErrors, PollSpec, ServerSettings, SourceSpec, TopicSpec, UpstreamSettings,
+    Config, ConfigError, ConfigErrors, EchoSpec, PollSpec, ServerSettings, SourceSpec, TopicSpec,
+    UpstreamSettings, WebsocketSpec,
 };
-use crate::hub::{HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
+use crate::hub::{Envelope, HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
 
-const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`";
+const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`, `testing`";
 
 pub struct Checker<'a> {
     file: &'a str,
@@ -88,6 +91,7 @@ impl<'a> Checker<'a> {
         let mut defaults = None;
         let mut topics_seen = false;
         let mut topics: Vec<(Range<usize>, RawTopic)> = Vec::new();
+        let mut testing = None;
         for (key, value) in root.into_inner() {
             let key_span = key.span();
             match key.get_ref().as_ref() {
@@ -97,6 +101,7 @@ impl<'a> Checker<'a> {
                     upstream = self.section::<RawUpstream>(value);
                 }
                 "defaults" => defaults = self.section::<RawDefaults>(value),
+                "testing" => testing = self.section::<RawTesting>(value),
                 "topic" => {
                     topics_seen = true;
                     let span = value.span();
@@ -152,11 +157,13 @@ impl<'a> Checker<'a> {
                 specs.push(spec);
             }
         }
+        let websocket_echo = testing.and_then(|raw| self.echo(&raw, &paths));
         match (self.errors.is_empty(), upstream) {
             (true, Some(upstream)) => Ok(Config {
                 server,
                 upstream,
                 topics: specs,
+                websocket_echo,
             }),
             _ => {
                 self.errors.sort_by_key(|e| (e.line, e.column));
@@ -368,6 +375,7 @@ impl<'a> Checker<'a> {
                 true,
             ),
         };
+        let websocket = self.websocket(raw.websocket.as_ref(), path.as_ref(), 1 << 20);
         let keepalive = self.duration_ms(
             &raw.keepalive_ms,
             defaults.keepalive_ms.as_ref(),
@@ -399,6 +407,85 @@ impl<'a> Checker<'a> {
             keepalive,
             retry,
             long_poll_max_wait,
+            websocket: websocket?,
+        })
+    }
+
+    /// A topic's (or the echo route's) WebSocket settings; `inbound` is checked against the
+    /// topic's path variables when the path is valid.
+    fn websocket(
+        &mut self,
+        raw: Option<&Spanned<RawWebsocket>>,
+        path: Option<&PathTemplate>,
+        default_max_message_bytes: usize,
+    ) -> Option<WebsocketSpec> {
+        let empty = RawWebsocket::default();
+        let ws = raw.map_or(&empty, |r| r.get_ref());
+        let inbound = match (&ws.inbound, path) {
+            (None, _) => None,
+            (Some(url), Some(path)) => match UrlTemplate::parse(url.get_ref(), path.variables()) {
+                Ok((template, _)) => Some(template),
+                Err(error) => {
+                    self.error(url.span(), format!("`inbound` {error}"), None);
+                    return None;
+                }
+            },
+            (Some(_), None) => return None,
+        };
+        let ping_interval = self.duration_ms(&ws.ping_interval_ms, None, "ping_interval_ms", 30_000, false);
+        let pong_timeout = self.duration_ms(&ws.pong_timeout_ms, None, "pong_timeout_ms", 10_000, false);
+        Some(WebsocketSpec {
+            deflate: ws.deflate.as_ref().is_none_or(|d| *d.get_ref()),
+            deflate_min_bytes: match &ws.deflate_min_bytes {
+                Some(value) if *value.get_ref() >= 0 => {
+                    usize::try_from(*value.get_ref()).unwrap_or(usize::MAX)
+                }
+                Some(value) => {
+                    self.error(value.span(), "`deflate_min_bytes` must be 0 or more", None);
+                    256
+                }
+                None => 256,
+            },
+            envelope: ws.envelope.as_ref().map_or(Envelope::Raw, |e| *e.get_ref()),
+            ping_interval,
+            pong_timeout,
+            max_message_bytes: self.count(
+                &ws.max_message_bytes,
+                None,
+                "max_message_bytes",
+                default_max_message_bytes,
+            ),
+            inbound,
+        })
+    }
+
+    fn echo(&mut self, raw: &RawTesting, paths: &[(PathTemplate, String)]) -> Option<EchoSpec> {
+        let path = raw.websocket_echo_path.as_ref()?;
+        let text = path.get_ref();
+        if !text.starts_with('/') || text.contains('{') {
+            self.error(
+                path.span(),
+                "`websocket_echo_path` must be a literal path starting with `/`",
+                None,
+            );
+            return None;
+        }
+        if paths.iter().any(|(template, _)| template.matches(text).is_some()) {
+            self.error(path.span(), "`websocket_echo_path` is also a topic path", None);
+            return None;
+        }
+        // Conformance suites send messages of up to 16 MiB.
+        let max_message_bytes = self.count(
+            &raw.websocket_echo_max_message_bytes,
+            None,
+            "websocket_echo_max_message_bytes",
+            16 << 20,
+        );
+        let mut websocket = self.websocket(None, None, max_message_bytes)?;
+        websocket.deflate_min_bytes = 0;
+        Some(EchoSpec {
+            path: text.clone(),
+            websocket,
         })
     }
 
@@ -536,7 +623,12 @@ impl<'a> Checker<'a> {
     }
 
     fn transports(&mut self, raw: &RawTopic, defaults: &RawDefaults) -> HashSet<Transport> {
-        let all = [Transport::Sse, Transport::LongPoll, Transport::ShortPoll];
+        let all = [
+            Transport::Sse,
+            Transport::LongPoll,
+            Transport::ShortPoll,
+            Transport::Websocket,
+        ];
         match raw.transports.as_ref().or(defaults.transports.as_ref()) {
             None => all.into_iter().collect(),
             Some(list) if list.get_ref().is_empty() => {
@@ -544,7 +636,7 @@ impl<'a> Checker<'a> {
                     list.span(),
                     "`transports` is empty",
                     Some(
-                        "list at least one of \"sse\", \"long_poll\", \"short_poll\", or leave it out".into(),
+                        "list at least one of \"sse\", \"long_poll\", \"short_poll\", \"websocket\", or leave it out".into(),
                     ),
                 );
                 all.into_iter().collect()

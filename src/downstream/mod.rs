@@ -7,6 +7,7 @@ pub mod response;
 pub mod router;
 pub mod short_poll;
 pub mod sse;
+pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,9 @@ use pingora_error::Result;
 use pingora_proxy::{ProxyHttp, Session};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Transport;
+use crate::config::{Config, EchoSpec, Transport};
 use crate::hub::Registry;
-use crate::upstream::Backend;
+use crate::upstream::UpstreamClient;
 use in_flight::{InFlight, InFlightGuard};
 use response::respond_reason;
 use router::{choose_transport, Route, Router};
@@ -27,8 +28,9 @@ use router::{choose_transport, Route, Router};
 /// The client-facing application: one pingora proxy service.
 pub struct Sidecar {
     router: Router,
+    echo: Option<EchoSpec>,
     registry: Arc<Registry>,
-    backend: Backend,
+    client: Arc<UpstreamClient>,
     connect_timeout: Duration,
     shutdown: CancellationToken,
     in_flight: Arc<InFlight>,
@@ -36,18 +38,18 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn new(
-        router: Router,
+        config: &Config,
         registry: Arc<Registry>,
-        backend: Backend,
-        connect_timeout: Duration,
+        client: Arc<UpstreamClient>,
         shutdown: CancellationToken,
         in_flight: Arc<InFlight>,
     ) -> Self {
         Sidecar {
-            router,
+            router: Router::new(config.topics.clone()),
+            echo: config.websocket_echo.clone(),
             registry,
-            backend,
-            connect_timeout,
+            client,
+            connect_timeout: config.upstream.connect_timeout,
             shutdown,
             in_flight,
         }
@@ -69,6 +71,10 @@ impl Sidecar {
             Transport::Sse => sse::serve(session, topic, spec, &self.shutdown).await,
             Transport::LongPoll => long_poll::serve(session, topic, spec, &self.shutdown).await,
             Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
+            Transport::Websocket => {
+                let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
+                websocket::serve(session, target, &spec.websocket, &self.shutdown).await
+            }
         }
     }
 }
@@ -85,11 +91,15 @@ impl ProxyHttp for Sidecar {
 
     /// Everything that is not a topic goes to the backend as it came.
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut InFlightGuard) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.backend.peer(self.connect_timeout)))
+        Ok(Box::new(self.client.backend().peer(self.connect_timeout)))
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut InFlightGuard) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
+        if let Some(echo) = self.echo.as_ref().filter(|echo| echo.path == path) {
+            websocket::serve(session, websocket::Target::Echo, &echo.websocket, &self.shutdown).await?;
+            return Ok(true);
+        }
         let Some(route) = self.router.route(&path) else {
             return Ok(false);
         };

@@ -71,18 +71,14 @@ pub fn choose_transport(request: &RequestHeader, spec: &TopicSpec) -> Result<Tra
         Some("sse") => Transport::Sse,
         Some("long_poll") => Transport::LongPoll,
         Some("short_poll") => Transport::ShortPoll,
+        Some("websocket") => Transport::Websocket,
         Some(other) => {
             return Err(Refusal {
                 status: 400,
-                reason: format!("unknown transport {other:?}; use sse, long_poll or short_poll"),
+                reason: format!("unknown transport {other:?}; use sse, long_poll, short_poll or websocket"),
             })
         }
-        None if header(request, "upgrade").is_some() => {
-            return Err(Refusal {
-                status: 400,
-                reason: "protocol upgrades (WebSocket) are not available on topic paths".into(),
-            })
-        }
+        None if header(request, "upgrade").is_some() => Transport::Websocket,
         None if accepts_event_stream(request) => Transport::Sse,
         None if wants_wait(request) => Transport::LongPoll,
         None => Transport::ShortPoll,
@@ -108,6 +104,7 @@ pub fn transport_name(transport: Transport) -> &'static str {
         Transport::Sse => "sse",
         Transport::LongPoll => "long_poll",
         Transport::ShortPoll => "short_poll",
+        Transport::Websocket => "websocket",
     }
 }
 

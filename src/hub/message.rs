@@ -1,11 +1,12 @@
 //! A published message and its wire frames, encoded once per topic and shared by every
 //! subscriber as `Bytes` (encode once, write many).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cursor::Cursor;
+use super::websocket_frame::{deflate_message, encode_frame, Envelope};
 
 /// What an upstream hands to the hub: the payload before it has a cursor.
 #[derive(Clone, Debug, Default)]
@@ -29,6 +30,9 @@ pub struct Message {
     /// The JSON envelope `{"id","event","data"}` used by long-poll batches (and any
     /// transport that wraps messages in JSON).
     pub json_entry: Bytes,
+    /// WebSocket frames, made on first use (topics nobody follows by WebSocket pay nothing)
+    /// and then shared: indexed by envelope (raw, json) × (plain, deflated).
+    websocket_frames: [OnceLock<Bytes>; 4],
 }
 
 impl Message {
@@ -42,7 +46,32 @@ impl Message {
             data: payload.data,
             sse_frame,
             json_entry,
+            websocket_frames: Default::default(),
         }
+    }
+
+    /// The WebSocket frame of this message for `envelope`, deflated when `deflate` (and the
+    /// payload is at least `deflate_min_bytes`). Encoded once per message, whatever the
+    /// number of clients.
+    pub fn websocket_frame(&self, envelope: Envelope, deflate: bool, deflate_min_bytes: usize) -> Bytes {
+        let (payload, text) = match envelope {
+            Envelope::Raw => (&self.data, std::str::from_utf8(&self.data).is_ok()),
+            Envelope::Json => (&self.json_entry, true),
+        };
+        let deflate = deflate && payload.len() >= deflate_min_bytes;
+        let slot = match (envelope, deflate) {
+            (Envelope::Raw, false) => 0,
+            (Envelope::Raw, true) => 1,
+            (Envelope::Json, false) => 2,
+            (Envelope::Json, true) => 3,
+        };
+        self.websocket_frames[slot]
+            .get_or_init(|| match deflate.then(|| deflate_message(payload)) {
+                Some(Ok(compressed)) => encode_frame(&compressed, text, true),
+                // Deflating into memory does not fail; if it ever did, plain is still valid.
+                _ => encode_frame(payload, text, false),
+            })
+            .clone()
     }
 
     /// Bytes this message keeps alive, for history and queue byte limits.

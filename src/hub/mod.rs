@@ -7,6 +7,7 @@ pub mod message;
 pub mod registry;
 pub mod subscriber;
 pub mod topic;
+pub mod websocket_frame;
 
 pub use cursor::{Cursor, CursorParseError, Epoch};
 pub use history::HistoryLimits;
@@ -14,3 +15,4 @@ pub use message::{Message, Payload};
 pub use registry::{Registry, UpstreamLauncher};
 pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
 pub use topic::{Mode, Resume, Subscribe, Subscription, Topic, TopicKey, TopicSettings};
+pub use websocket_frame::Envelope;

@@ -103,33 +103,67 @@ impl UpstreamClient {
 
     /// A conditional GET of `path` (below the base URL's prefix).
     pub async fn get(&self, path: &str, validators: &Validators) -> Result<UpstreamResponse, UpstreamError> {
+        let mut headers = Vec::new();
+        if let Some(etag) = &validators.etag {
+            headers.push(("If-None-Match".to_string(), etag.clone()));
+        }
+        if let Some(last_modified) = &validators.last_modified {
+            headers.push(("If-Modified-Since".to_string(), last_modified.clone()));
+        }
+        self.send("GET", path, &headers, Bytes::new()).await
+    }
+
+    /// A POST of `body` to `path` with `headers` (e.g. a WebSocket client's message).
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send("POST", path, headers, body).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
-        tokio::time::timeout(self.timeout, self.get_unbounded(path, validators))
+        tokio::time::timeout(self.timeout, self.send_unbounded(method, path, headers, body))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
     }
 
-    async fn get_unbounded(
+    async fn send_unbounded(
         &self,
+        method: &str,
         path: &str,
-        validators: &Validators,
+        headers: &[(String, String)],
+        body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let target = format!("{}{}", self.backend.path_prefix, path);
         let (mut session, _reused) = self.connector.get_http_session(&self.peer).await?;
-        let mut request = RequestHeader::build("GET", target.as_bytes(), None)?;
-        request.insert_header("Host", self.backend.host.as_str())?;
-        request.insert_header("User-Agent", concat!("sidestream/", env!("CARGO_PKG_VERSION")))?;
-        if let Some(etag) = &validators.etag {
-            request.insert_header("If-None-Match", etag.as_str())?;
+        let mut request = RequestHeader::build(method, target.as_bytes(), None)?;
+        for (name, value) in headers {
+            request.append_header(name.clone(), value.as_str())?;
         }
-        if let Some(last_modified) = &validators.last_modified {
-            request.insert_header("If-Modified-Since", last_modified.as_str())?;
+        request.insert_header("Host", self.backend.host.as_str())?;
+        if request.headers.get("user-agent").is_none() {
+            request.insert_header("User-Agent", concat!("sidestream/", env!("CARGO_PKG_VERSION")))?;
+        }
+        if method != "GET" {
+            request.insert_header("Content-Length", body.len())?;
         }
         session.write_request_header(Box::new(request)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body, true).await?;
+        }
         session.finish_request_body().await?;
         session.read_response_header().await?;
         let (status, validators, content_type) = {

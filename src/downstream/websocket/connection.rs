@@ -1,0 +1,347 @@
+//! One WebSocket client: hub messages out (pre-encoded), client messages in, heartbeats.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt};
+use pingora_core::protocols::Stream;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use yawc::close::CloseCode;
+use yawc::frame::{Frame, OpCode};
+use yawc::{Options, Role, WebSocket, WebSocketError};
+
+use super::io::{share, RawWriter, SharedStream};
+use crate::config::WebsocketSpec;
+use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscription};
+use crate::metrics::{WEBSOCKET_FRAMES_SENT, WEBSOCKET_INBOUND_FORWARDED};
+use crate::upstream::UpstreamClient;
+
+/// How long one write to a client may take before the client is given up on.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long to wait for the client's half of a close handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Most messages gathered into one write when several are queued.
+const MAX_BATCH: usize = 64;
+
+/// Where client messages go on a topic with `websocket.inbound`.
+pub struct Inbound {
+    pub client: Arc<UpstreamClient>,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+pub enum Feed {
+    Topic {
+        subscribed: Subscribe,
+        inbound: Option<Inbound>,
+    },
+    Echo,
+}
+
+enum Event {
+    Shutdown,
+    Delivery(Delivery),
+    Frame(Result<Frame, WebSocketError>),
+    PingDue,
+    PongOverdue,
+}
+
+pub struct Connection {
+    ws: WebSocket<SharedStream>,
+    raw: RawWriter,
+    /// Whether yawc has written a close frame (so one must not be sent twice).
+    close_sent: Arc<AtomicBool>,
+    spec: WebsocketSpec,
+    deflate: bool,
+    feed: Feed,
+}
+
+impl Connection {
+    pub fn new(
+        stream: Stream,
+        extension: Option<&str>,
+        spec: &WebsocketSpec,
+        feed: Feed,
+    ) -> Result<Self, WebSocketError> {
+        // yawc refuses a frame whose payload reaches its limit, so allow exactly the maximum.
+        let limit = spec.max_message_bytes.saturating_add(1);
+        let options = Options::default()
+            .with_utf8()
+            .with_limits(limit, limit)
+            .with_low_latency_compression();
+        let (shared, raw, close_sent) = share(stream);
+        let ws = WebSocket::from_stream_with_extensions(shared, Role::Server, extension, options)?;
+        Ok(Connection {
+            ws,
+            raw,
+            close_sent,
+            spec: spec.clone(),
+            deflate: extension.is_some(),
+            feed,
+        })
+    }
+
+    pub async fn run(mut self, shutdown: &CancellationToken) {
+        if self.send_backlog().await.is_err() {
+            return;
+        }
+        let mut next_ping = Instant::now() + self.spec.ping_interval;
+        let mut pong_due: Option<Instant> = None;
+        loop {
+            let event = {
+                let subscription = match &self.feed {
+                    Feed::Topic { subscribed, .. } => Some(&subscribed.subscription),
+                    Feed::Echo => None,
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Event::Shutdown,
+                    frame = self.ws.next_frame() => Event::Frame(frame),
+                    delivery = recv_or_never(subscription) => Event::Delivery(delivery),
+                    _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
+                    _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
+                }
+            };
+            let keep_going = match event {
+                Event::Shutdown => {
+                    self.close(CloseCode::Away, "server shutting down").await;
+                    false
+                }
+                Event::Delivery(Delivery::Message { message, .. }) => {
+                    self.send_messages(message).await.is_ok()
+                }
+                Event::Delivery(Delivery::Closed(CloseReason::Overflow)) => {
+                    self.close(CloseCode::Again, "too slow: reconnect with ?cursor= to resume")
+                        .await;
+                    false
+                }
+                Event::Delivery(Delivery::Closed(CloseReason::TopicClosed)) => {
+                    self.close(CloseCode::Away, "topic closed").await;
+                    false
+                }
+                Event::Frame(Ok(frame)) => self.on_frame(frame, &mut pong_due).await,
+                Event::Frame(Err(WebSocketError::ConnectionClosed)) => false,
+                Event::Frame(Err(error)) => {
+                    tracing::debug!("WebSocket client error: {error}");
+                    self.fail(&error).await;
+                    false
+                }
+                Event::PingDue => {
+                    next_ping = Instant::now() + self.spec.ping_interval;
+                    pong_due.get_or_insert(Instant::now() + self.spec.pong_timeout);
+                    self.send(Frame::ping("sidestream")).await
+                }
+                Event::PongOverdue => {
+                    tracing::debug!("WebSocket client did not answer a ping; closing");
+                    let frame = Frame::close(CloseCode::Away, "no pong");
+                    let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.send(frame)).await;
+                    false
+                }
+            };
+            if !keep_going {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.raw.shutdown()).await;
+    }
+
+    /// What the subscription starts with: a reset notice (JSON envelope only: raw payloads
+    /// have nowhere to say it), then the backlog.
+    async fn send_backlog(&mut self) -> std::io::Result<()> {
+        let Feed::Topic { subscribed, .. } = &mut self.feed else {
+            return Ok(());
+        };
+        let backlog = std::mem::take(&mut subscribed.backlog);
+        if let (Some(position), Envelope::Json) = (subscribed.reset, self.spec.envelope) {
+            let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\"}}");
+            if !self.send(Frame::text(notice)).await {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+        }
+        let frames: Vec<Bytes> = backlog.iter().map(|m| self.frame_of(m)).collect();
+        self.write_frames(&frames).await
+    }
+
+    fn frame_of(&self, message: &Message) -> Bytes {
+        message.websocket_frame(self.spec.envelope, self.deflate, self.spec.deflate_min_bytes)
+    }
+
+    /// Writes `first` and whatever else is already queued, in one flush.
+    async fn send_messages(&mut self, first: Arc<Message>) -> std::io::Result<()> {
+        let mut frames = vec![self.frame_of(&first)];
+        if let Feed::Topic { subscribed, .. } = &self.feed {
+            while frames.len() < MAX_BATCH {
+                match subscribed.subscription.try_recv() {
+                    Some(Delivery::Message { message, .. }) => frames.push(self.frame_of(&message)),
+                    _ => break,
+                }
+            }
+        }
+        self.write_frames(&frames).await
+    }
+
+    /// Writes pre-encoded frames straight to the socket, after yawc's own buffer is empty
+    /// so that no frame of its own can be cut in two.
+    async fn write_frames(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            flush_all(&mut self.ws).await.map_err(std::io::Error::other)?;
+            for frame in frames {
+                self.raw.write_all(frame).await?;
+            }
+            self.raw.flush().await
+        };
+        match tokio::time::timeout(WRITE_DEADLINE, write).await {
+            Ok(result) => {
+                WEBSOCKET_FRAMES_SENT.add(frames.len() as u64);
+                result
+            }
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Fails the connection after a protocol error with the close code RFC 6455 asks for.
+    /// yawc queues that close frame itself for errors found while decoding a frame; for
+    /// errors found while assembling a message (bad UTF-8, fragments, size) it does not, so
+    /// it is sent here unless the socket has already carried one.
+    async fn fail(&mut self, error: &WebSocketError) {
+        let _ = tokio::time::timeout(CLOSE_WAIT, flush_all(&mut self.ws)).await;
+        if self.close_sent.load(Ordering::SeqCst) {
+            return;
+        }
+        let code = match error {
+            WebSocketError::InvalidUTF8 => CloseCode::Invalid,
+            WebSocketError::FrameTooLarge => CloseCode::Size,
+            WebSocketError::InvalidFragment
+            | WebSocketError::FragmentTimeout
+            | WebSocketError::InvalidContinuationFrame => CloseCode::Protocol,
+            _ => return,
+        };
+        let _ = self.send(Frame::close(code, error.to_string())).await;
+    }
+
+    /// Sends one frame through yawc (control frames, replies, echoes). `false` = gone.
+    async fn send(&mut self, frame: Frame) -> bool {
+        matches!(
+            tokio::time::timeout(WRITE_DEADLINE, self.ws.send(frame)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Starts the close handshake and waits briefly for the client's answer.
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        if !self.send(Frame::close(code, reason)).await {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Ok(frame) = self.ws.next_frame().await {
+                if frame.opcode() == OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// A frame from the client. Returns whether to keep the connection.
+    async fn on_frame(&mut self, frame: Frame, pong_due: &mut Option<Instant>) -> bool {
+        match frame.opcode() {
+            OpCode::Text | OpCode::Binary => self.on_message(frame).await,
+            OpCode::Pong => {
+                *pong_due = None;
+                true
+            }
+            // yawc has queued the pong; send it now rather than with the next write.
+            OpCode::Ping => matches!(
+                tokio::time::timeout(WRITE_DEADLINE, flush_all(&mut self.ws)).await,
+                Ok(Ok(()))
+            ),
+            // yawc has queued the answering close frame.
+            OpCode::Close => {
+                let _ = tokio::time::timeout(CLOSE_WAIT, flush_all(&mut self.ws)).await;
+                false
+            }
+            OpCode::Continuation => true,
+        }
+    }
+
+    async fn on_message(&mut self, frame: Frame) -> bool {
+        let text = frame.opcode() == OpCode::Text;
+        let payload = frame.into_payload();
+        let reply = match &self.feed {
+            Feed::Echo if text => Frame::text(payload),
+            Feed::Echo => Frame::binary(payload),
+            Feed::Topic { inbound: None, .. } => {
+                self.close(CloseCode::Policy, "this topic does not accept client messages")
+                    .await;
+                return false;
+            }
+            Feed::Topic {
+                inbound: Some(inbound),
+                ..
+            } => match forward(inbound, payload, text).await {
+                Some(body) if std::str::from_utf8(&body).is_ok() => Frame::text(body),
+                Some(body) => Frame::binary(body),
+                None => return true,
+            },
+        };
+        self.send(reply).await
+    }
+}
+
+/// Writes out everything yawc has to send: frames it owes the peer (pongs, close replies,
+/// which it queues while reading) and its write buffer. Only then may raw frames follow.
+async fn flush_all(ws: &mut WebSocket<SharedStream>) -> Result<(), WebSocketError> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *ws).poll_ready(cx)).await?;
+    ws.flush().await
+}
+
+/// The next delivery, or never for a connection without a subscription (echo).
+async fn recv_or_never(subscription: Option<&Subscription>) -> Delivery {
+    match subscription {
+        Some(subscription) => subscription.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// POSTs a client message to the topic's inbound URL; the backend's reply body (2xx and not
+/// empty) is returned for this client only.
+async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes> {
+    let content_type = if !text {
+        "application/octet-stream"
+    } else if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut headers = inbound.headers.clone();
+    headers.push(("Content-Type".to_string(), content_type.to_string()));
+    WEBSOCKET_INBOUND_FORWARDED.increment();
+    match inbound.client.post(&inbound.url, &headers, payload).await {
+        Ok(response) if (200..300).contains(&response.status) && !response.body.is_empty() => {
+            Some(response.body)
+        }
+        Ok(response) if (200..300).contains(&response.status) => None,
+        Ok(response) => {
+            tracing::warn!(url = %inbound.url, status = response.status, "inbound message refused by the backend");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(url = %inbound.url, "inbound message not delivered: {error}");
+            None
+        }
+    }
+}

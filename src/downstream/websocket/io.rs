@@ -1,0 +1,181 @@
+//! One socket shared by the WebSocket crate and the hub's pre-encoded frames.
+//!
+//! The crate (yawc) owns framing for everything it reads and for the control frames it
+//! writes, but compresses every frame it sends itself, once per connection. Hub messages are
+//! already framed (and deflated) once per topic, so they are written straight to the socket
+//! through [`RawWriter`], after the crate's own write buffer has been flushed, from the same
+//! task, so the two never interleave inside a frame.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use pingora_core::protocols::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+type Shared = Arc<Mutex<Stream>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Stream> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The socket as the WebSocket crate sees it. It also watches the frames the crate writes,
+/// to know whether the crate has already sent a close frame.
+pub struct SharedStream {
+    shared: Shared,
+    frames: FrameWatcher,
+}
+
+/// The same socket, for writing pre-encoded frames.
+pub struct RawWriter(Shared);
+
+/// Splits the upgraded connection into the crate's view, the raw writer, and a flag that
+/// turns true once the crate has written a close frame.
+pub fn share(stream: Stream) -> (SharedStream, RawWriter, Arc<AtomicBool>) {
+    let shared = Arc::new(Mutex::new(stream));
+    let close_sent = Arc::new(AtomicBool::new(false));
+    let frames = FrameWatcher {
+        header: Vec::with_capacity(10),
+        payload_left: 0,
+        close_sent: close_sent.clone(),
+    };
+    (
+        SharedStream {
+            shared: shared.clone(),
+            frames,
+        },
+        RawWriter(shared),
+        close_sent,
+    )
+}
+
+/// Follows frame boundaries in the (unmasked, server-side) bytes the crate writes.
+struct FrameWatcher {
+    header: Vec<u8>,
+    payload_left: u64,
+    close_sent: Arc<AtomicBool>,
+}
+
+impl FrameWatcher {
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip = bytes
+                    .len()
+                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                self.payload_left -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header.push(bytes[0]);
+            bytes = &bytes[1..];
+            if self.header.len() < 2 {
+                continue;
+            }
+            let needed = match self.header[1] & 0x7F {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            if self.header.len() < needed {
+                continue;
+            }
+            if self.header[0] & 0x0F == 0x8 {
+                self.close_sent.store(true, Ordering::SeqCst);
+            }
+            self.payload_left = match needed {
+                4 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                10 => self.header[2..10]
+                    .iter()
+                    .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
+                _ => u64::from(self.header[1] & 0x7F),
+            };
+            self.header.clear();
+        }
+    }
+}
+
+impl AsyncRead for SharedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.shared)).poll_read(cx, buf)
+    }
+}
+
+fn poll_write(shared: &Shared, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    Pin::new(&mut *lock(shared)).poll_write(cx, buf)
+}
+
+fn poll_flush(shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    Pin::new(&mut *lock(shared)).poll_flush(cx)
+}
+
+fn poll_shutdown(shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    Pin::new(&mut *lock(shared)).poll_shutdown(cx)
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = poll_write(&this.shared, cx, buf);
+        if let Poll::Ready(Ok(count)) = written {
+            this.frames.observe(&buf[..count]);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_flush(&self.shared, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_shutdown(&self.shared, cx)
+    }
+}
+
+impl AsyncWrite for RawWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        poll_write(&self.0, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_flush(&self.0, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_shutdown(&self.0, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(chunks: &[&[u8]]) -> bool {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut watcher = FrameWatcher {
+            header: Vec::new(),
+            payload_left: 0,
+            close_sent: flag.clone(),
+        };
+        for chunk in chunks {
+            watcher.observe(chunk);
+        }
+        flag.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn sees_a_close_frame_across_chunk_boundaries_and_not_inside_payloads() {
+        // A 300-byte text frame whose payload is full of 0x88 bytes, then a close frame.
+        let mut text = vec![0x81, 126, 0x01, 0x2C];
+        text.extend(std::iter::repeat_n(0x88u8, 300));
+        assert!(!watch(&[&text]));
+        let close = [0x88u8, 0x02, 0x03, 0xE8];
+        let mut both = text.clone();
+        both.extend_from_slice(&close);
+        let (a, b) = both.split_at(3);
+        assert!(watch(&[a, b]));
+        assert!(watch(&[&[0x8A, 0x00], &close[..1], &close[1..]]));
+    }
+}

@@ -1,0 +1,150 @@
+//! WebSocket on a topic's URL (and on the optional echo route): the upgrade is answered
+//! through pingora, then the raw connection goes to yawc for framing, masking, fragments,
+//! UTF-8 checks, inflating and the close handshake. Hub messages bypass yawc's per-client
+//! compressor: their frames are encoded and deflated once per message (see `io`).
+
+mod connection;
+pub mod handshake;
+mod io;
+
+use std::sync::Arc;
+
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use tokio_util::sync::CancellationToken;
+
+use super::response::{respond_reason, sse_resume};
+use crate::config::{UrlTemplate, WebsocketSpec};
+use crate::hub::{Resume, Topic};
+use crate::upstream::UpstreamClient;
+pub use connection::Inbound;
+use connection::{Connection, Feed};
+
+/// What the connection serves.
+pub enum Target {
+    Topic {
+        topic: Arc<Topic>,
+        inbound: Option<Inbound>,
+    },
+    /// Conformance testing: every message comes straight back.
+    Echo,
+}
+
+impl Target {
+    pub fn topic(topic: Arc<Topic>, client: &Arc<UpstreamClient>, inbound: Option<&UrlTemplate>) -> Self {
+        let inbound = inbound.map(|template| Inbound {
+            client: client.clone(),
+            url: template.render(&topic.key().params),
+            headers: Vec::new(),
+        });
+        Target::Topic { topic, inbound }
+    }
+}
+
+/// Request headers that belong to this hop or to the WebSocket handshake, not to the
+/// backend that receives a client's messages.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "content-type",
+    "proxy-authorization",
+    "proxy-connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "accept-encoding",
+];
+
+pub async fn serve(
+    session: &mut Session,
+    mut target: Target,
+    spec: &WebsocketSpec,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let accepted = match handshake::accept(session.req_header(), spec.deflate) {
+        Ok(accepted) => accepted,
+        Err(rejection) => {
+            let extra = if rejection.status == 426 {
+                vec![("Sec-WebSocket-Version", "13".to_string())]
+            } else {
+                Vec::new()
+            };
+            return respond_reason(session, rejection.status, rejection.reason, &extra).await;
+        }
+    };
+    if let Target::Topic {
+        inbound: Some(inbound),
+        ..
+    } = &mut target
+    {
+        inbound.headers = forwarded_headers(session);
+    }
+    // Subscribe before answering, so that nothing published during the handshake is missed.
+    let feed = match target {
+        Target::Topic { topic, inbound } => {
+            // `?cursor=` and `?last_event_id=` resume, as for the other transports.
+            let resume = match super::router::query_param(session.req_header(), "cursor") {
+                Some(token) => {
+                    super::response::parse_cursor_token(&token).map_or(Resume::Unknown, Resume::After)
+                }
+                None => sse_resume(session.req_header()),
+            };
+            Feed::Topic {
+                subscribed: topic.subscribe(resume),
+                inbound,
+            }
+        }
+        Target::Echo => Feed::Echo,
+    };
+
+    let mut response = ResponseHeader::build(101, Some(4))?;
+    response.insert_header("Upgrade", "websocket")?;
+    response.insert_header("Connection", "Upgrade")?;
+    response.insert_header("Sec-WebSocket-Accept", accepted.accept.as_str())?;
+    if let Some(extension) = &accepted.deflate {
+        response.insert_header("Sec-WebSocket-Extensions", extension.as_str())?;
+    }
+    session.write_response_header(Box::new(response), false).await?;
+
+    // Take the connection out of pingora. What is left behind is a closed placeholder, so
+    // pingora's end-of-request bookkeeping finds nothing to reuse.
+    let mut placeholder = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+    placeholder.set_keepalive(None);
+    let upgraded = std::mem::replace(&mut session.downstream_session, Box::new(placeholder));
+    let stream = match *upgraded {
+        ServerSession::H1(http1) => http1.into_inner(),
+        _ => return Ok(()),
+    };
+    let connection = match Connection::new(stream, accepted.deflate.as_deref(), spec, feed) {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::warn!("WebSocket setup failed: {error}");
+            return Ok(());
+        }
+    };
+    connection.run(shutdown).await;
+    Ok(())
+}
+
+fn forwarded_headers(session: &Session) -> Vec<(String, String)> {
+    let request = session.req_header();
+    let mut headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| !NOT_FORWARDED.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    if let Some(address) = session.client_addr().and_then(|a| a.as_inet()) {
+        headers.push(("X-Forwarded-For".to_string(), address.ip().to_string()));
+    }
+    headers
+}
