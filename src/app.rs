@@ -10,6 +10,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_proxy::http_proxy_service_with_name;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::downstream::in_flight::InFlight;
 use crate::downstream::Sidecar;
@@ -94,6 +95,11 @@ impl App {
         proxy.add_tcp(&self.config.server.listen.to_string());
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
+        let admin = Admin::new(&self.config, self.registry.clone(), self.shutdown.clone());
+        let mut admin =
+            pingora_core::services::listening::Service::new("sidestream admin".to_string(), admin);
+        admin.add_tcp(&self.config.server.admin_listen.to_string());
+        server.add_service(admin);
 
         tracing::info!(listen = %self.config.server.listen, backend = %self.client.backend().addr, "sidestream starting");
         server.run(RunArgs {

@@ -38,6 +38,7 @@
 //! - [`downstream`]: the pingora proxy app: router, SSE, responses, pass-through.
 //! - [`app`]: builds the pingora server and its services; shutdown wiring.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod downstream;

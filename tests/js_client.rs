@@ -72,10 +72,7 @@ async fn follows_a_state_topic() {
     let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
     let mut child = node_client(&format!("http://127.0.0.1:{}/api/prices/JS", sidecar.port), 2);
     let mut reader = output(&mut child);
-    let topic_key = TopicKey {
-        name: "prices".into(),
-        params: vec!["JS".into()],
-    };
+    let topic_key = TopicKey::new("prices", vec!["JS".into()]);
     eventually("client waiting on the first state", || {
         sidecar
             .registry
@@ -98,13 +95,7 @@ async fn follows_an_event_topic_without_gaps() {
     backend.set("/feed-source", Behaviour::Json("0".into()));
     let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
     get(sidecar.port, "/feed?wait=0", &[]).await;
-    let topic = sidecar
-        .registry
-        .get(&TopicKey {
-            name: "feed".into(),
-            params: vec![],
-        })
-        .unwrap();
+    let topic = sidecar.registry.get(&TopicKey::new("feed", vec![])).unwrap();
     eventually("poller's first message", || topic.cursor().seq == 1).await;
     let mut child = node_client(&format!("http://127.0.0.1:{}/feed", sidecar.port), 20);
     let mut reader = output(&mut child);

@@ -65,8 +65,5 @@ async fn two_hundred_sse_clients_cost_the_backend_what_one_client_does() {
 }
 
 fn sidecar_key(symbol: &str) -> sidestream::hub::TopicKey {
-    sidestream::hub::TopicKey {
-        name: "prices".into(),
-        params: vec![symbol.into()],
-    }
+    sidestream::hub::TopicKey::new("prices", vec![symbol.into()])
 }

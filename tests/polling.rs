@@ -34,10 +34,7 @@ source.poll = { url = "/only-sse-source" }
 "#;
 
 fn key(name: &str, params: &[&str]) -> TopicKey {
-    TopicKey {
-        name: name.into(),
-        params: params.iter().map(|p| p.to_string()).collect(),
-    }
+    TopicKey::new(name, params.iter().map(|p| p.to_string()).collect())
 }
 
 fn unquote(etag: &str) -> String {

@@ -27,10 +27,7 @@ source.poll = { url = "/feed-source", interval_ms = 50, jitter_ms = 0 }
 "#;
 
 fn key(name: &str, params: &[&str]) -> TopicKey {
-    TopicKey {
-        name: name.into(),
-        params: params.iter().map(|p| p.to_string()).collect(),
-    }
+    TopicKey::new(name, params.iter().map(|p| p.to_string()).collect())
 }
 
 #[tokio::test]

@@ -18,10 +18,7 @@ source.poll = { url = "/prices/{symbol}", interval_ms = 50, jitter_ms = 0 }
 "#;
 
 fn key(symbol: &str) -> TopicKey {
-    TopicKey {
-        name: "prices".into(),
-        params: vec![symbol.into()],
-    }
+    TopicKey::new("prices", vec![symbol.into()])
 }
 
 /// Gaps between consecutive backend requests on `path` after `from`.
@@ -84,12 +81,21 @@ async fn failures_back_off_serve_stale_and_recover() {
         .await;
     }
 
-    // Recovery publishes real changes again.
+    // Recovery publishes real changes again. Meanwhile the client was told when the data
+    // went stale and when it was fresh again, once per failure episode.
     backend.set(path, Behaviour::Json("{\"good\":2}".into()));
-    assert_eq!(
-        client.next_event().await.unwrap().data.as_deref(),
-        Some("{\"good\":2}")
-    );
+    let mut stale_flags = Vec::new();
+    let next = loop {
+        let event = client.next_event().await.unwrap();
+        if event.event.as_deref() == Some("stale") {
+            assert!(event.id.is_none(), "stale notices do not move the cursor");
+            stale_flags.push(event.data.unwrap());
+            continue;
+        }
+        break event;
+    };
+    assert_eq!(next.data.as_deref(), Some("{\"good\":2}"));
+    assert_eq!(stale_flags, ["{\"stale\":true}", "{\"stale\":false}"].repeat(3));
     assert_eq!(topic.cursor().seq, 2, "failures never became messages");
 }
 
@@ -122,6 +128,13 @@ async fn backend_down_then_back() {
     let since = tokio::time::Instant::now();
     backend.set(path, Behaviour::Json("{\"v\":2}".into()));
     backend.come_back().await;
+    let stale = client.next_event().await.unwrap();
+    assert_eq!(
+        (stale.event.as_deref(), stale.data.as_deref()),
+        (Some("stale"), Some("{\"stale\":true}"))
+    );
+    let fresh = client.next_event().await.unwrap();
+    assert_eq!(fresh.data.as_deref(), Some("{\"stale\":false}"));
     assert_eq!(
         client.next_event().await.unwrap().data.as_deref(),
         Some("{\"v\":2}")

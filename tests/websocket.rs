@@ -41,10 +41,7 @@ async fn setup() -> (std::sync::Arc<TestBackend>, TestSidecar) {
 }
 
 fn room(name: &str) -> TopicKey {
-    TopicKey {
-        name: "rooms".into(),
-        params: vec![name.into()],
-    }
+    TopicKey::new("rooms", vec![name.into()])
 }
 
 #[tokio::test]

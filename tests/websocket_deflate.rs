@@ -47,13 +47,7 @@ async fn each_message_is_deflated_once_for_all_clients() {
     let mut plain = WsClient::connect(sidecar.port, "/feed", None, &[]).await;
     assert_eq!(plain.header("sec-websocket-extensions"), None);
 
-    let topic = sidecar
-        .registry
-        .get(&TopicKey {
-            name: "feed".into(),
-            params: vec![],
-        })
-        .unwrap();
+    let topic = sidecar.registry.get(&TopicKey::new("feed", vec![])).unwrap();
     eventually("all subscribed", || topic.subscriber_count() == 21).await;
     // Below deflate_min_bytes: sent plain even to clients that negotiated deflate.
     topic.publish(Payload {

@@ -13,6 +13,9 @@ pub type Field<T> = Option<Spanned<T>>;
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Field<String>,
+    pub admin_listen: Field<String>,
+    pub publish_token: Field<String>,
+    pub publish_max_body_bytes: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,
 }
@@ -27,6 +30,8 @@ pub struct RawUpstream {
     pub max_body_bytes: Field<i64>,
     pub backoff_initial_ms: Field<i64>,
     pub backoff_max_ms: Field<i64>,
+    pub circuit_failure_threshold: Field<i64>,
+    pub circuit_open_ms: Field<i64>,
 }
 
 /// Client-facing transports a topic can offer.
@@ -70,6 +75,7 @@ with_tunables!(RawTopic {
     mode: Field<Mode>,
     event: Field<String>,
     websocket: Field<RawWebsocket>,
+    forward_headers: Field<Vec<Spanned<String>>>,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,7 +102,20 @@ pub struct RawTesting {
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub poll: Field<RawPoll>,
+    pub stream: Field<RawStream>,
+    pub push: Field<RawPush>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub url: Field<String>,
+    pub idle_timeout_ms: Field<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -53,6 +53,11 @@ pub struct WebsocketSpec {
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// `/live`, `/ready`, `/metrics` and `/publish/...` (keep it off the public network).
+    pub admin_listen: SocketAddr,
+    /// Bearer token for `/publish`; from the file or `SIDESTREAM_PUBLISH_TOKEN`.
+    pub publish_token: Option<String>,
+    pub publish_max_body_bytes: usize,
     /// How long open connections get to finish after SIGTERM (pingora's grace period).
     pub drain_timeout: Duration,
     /// Worker threads of the client-facing service.
@@ -71,6 +76,11 @@ pub struct UpstreamSettings {
     pub max_body_bytes: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Consecutive failures (all topics together) that open the circuit breaker.
+    pub circuit_failure_threshold: u32,
+    /// How long the circuit stays open before one probe (doubling per failed probe, capped
+    /// at `backoff_max`).
+    pub circuit_open: Duration,
 }
 
 /// One `[[topic]]`, with the defaults merged in.
@@ -87,6 +97,9 @@ pub struct TopicSpec {
     pub retry: Duration,
     pub long_poll_max_wait: Duration,
     pub websocket: WebsocketSpec,
+    /// Request headers sent upstream and made part of the topic instance's identity, so
+    /// clients with different credentials never share an upstream or its data.
+    pub forward_headers: Vec<String>,
 }
 
 impl TopicSpec {
@@ -98,6 +111,17 @@ impl TopicSpec {
 #[derive(Clone, Debug)]
 pub enum SourceSpec {
     Poll(PollSpec),
+    Stream(StreamSpec),
+    /// Messages arrive by `POST /publish/...` on the admin listener.
+    Push,
+}
+
+/// A backend `text/event-stream` or `application/x-ndjson` URL, held open.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    pub url: UrlTemplate,
+    /// No bytes (not even a comment) for this long means the stream is dead: reconnect.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -198,7 +222,9 @@ source.poll = { url = "/prices/{symbol}" }
         let topic = &config.topics[0];
         assert_eq!(topic.mode(), Mode::State);
         assert_eq!(topic.hub.on_full, crate::hub::OverflowPolicy::Conflate);
-        let SourceSpec::Poll(poll) = &topic.source;
+        let SourceSpec::Poll(poll) = &topic.source else {
+            panic!("a poll source");
+        };
         assert_eq!(poll.interval, Duration::from_millis(1000));
         assert_eq!(poll.url.render(&["AAPL".into()]), "/prices/AAPL");
     }

@@ -11,11 +11,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::file::{
-    Field, RawDefaults, RawPoll, RawServer, RawTesting, RawTopic, RawUpstream, RawWebsocket, Transport,
+    Field, RawDefaults, RawPoll, RawServer, RawSource, RawTesting, RawTopic, RawUpstream, RawWebsocket,
+    Transport,
 };
 use super::template::{PathTemplate, UrlTemplate};
 use super::{
-    Config, ConfigError, ConfigErrors, EchoSpec, PollSpec, ServerSettings, SourceSpec, TopicSpec,
+    Config, ConfigError, ConfigErrors, EchoSpec, PollSpec, ServerSettings, SourceSpec, StreamSpec, TopicSpec,
     UpstreamSettings, WebsocketSpec,
 };
 use crate::hub::{Envelope, HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
@@ -26,6 +27,8 @@ pub struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Push topics are only valid when publishers can authenticate.
+    has_publish_token: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -34,6 +37,7 @@ impl<'a> Checker<'a> {
             file,
             text,
             errors: Vec::new(),
+            has_publish_token: false,
         }
     }
 
@@ -129,6 +133,7 @@ impl<'a> Checker<'a> {
             }
         }
         let server = self.server(&server.unwrap_or_default());
+        self.has_publish_token = server.publish_token.is_some();
         let defaults = defaults.unwrap_or_default();
         let upstream = match upstream {
             Some(raw) => self.upstream(&raw),
@@ -184,8 +189,41 @@ impl<'a> Checker<'a> {
             }),
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
+        let admin_listen = match &raw.admin_listen {
+            Some(text) => text.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                self.error(
+                    text.span(),
+                    format!("`admin_listen` is not an ip:port address: {:?}", text.get_ref()),
+                    Some("write it like \"127.0.0.1:9090\"".into()),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9090))
+            }),
+            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        };
+        let publish_token = match &raw.publish_token {
+            Some(token) if token.get_ref().len() < 16 => {
+                self.error(
+                    token.span(),
+                    "`publish_token` is shorter than 16 characters",
+                    Some("use a long random secret, e.g. `openssl rand -hex 32`".into()),
+                );
+                None
+            }
+            Some(token) => Some(token.get_ref().clone()),
+            None => std::env::var("SIDESTREAM_PUBLISH_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        };
         ServerSettings {
             listen,
+            admin_listen,
+            publish_token,
+            publish_max_body_bytes: self.count(
+                &raw.publish_max_body_bytes,
+                None,
+                "publish_max_body_bytes",
+                1 << 20,
+            ),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
         }
@@ -235,6 +273,14 @@ impl<'a> Checker<'a> {
             max_body_bytes: self.count(&raw.max_body_bytes, None, "max_body_bytes", 1 << 20),
             backoff_initial,
             backoff_max,
+            circuit_failure_threshold: u32::try_from(self.count(
+                &raw.circuit_failure_threshold,
+                None,
+                "circuit_failure_threshold",
+                5,
+            ))
+            .unwrap_or(u32::MAX),
+            circuit_open: self.duration_ms(&raw.circuit_open_ms, None, "circuit_open_ms", 5_000, false),
         })
     }
 
@@ -293,17 +339,7 @@ impl<'a> Checker<'a> {
         let name = self.topic_name(span.clone(), raw, names);
         let path = self.topic_path(span.clone(), raw, paths);
         let source = match &raw.source {
-            Some(source) => match &source.get_ref().poll {
-                Some(poll) => self.poll(poll, path.as_ref()),
-                None => {
-                    self.error(
-                        source.span(),
-                        "`source` names no source",
-                        Some("set `source.poll = { url = \"/backend/path\", interval_ms = 1000 }`".into()),
-                    );
-                    None
-                }
-            },
+            Some(source) => self.source(source, path.as_ref()),
             None => {
                 self.error(
                     span.clone(),
@@ -313,7 +349,12 @@ impl<'a> Checker<'a> {
                 None
             }
         };
-        let mode = raw.mode.as_ref().map_or(Mode::State, |m| *m.get_ref());
+        // A polled resource is a state; a stream or pushes are events.
+        let default_mode = match source {
+            Some(SourceSpec::Stream(_)) | Some(SourceSpec::Push) => Mode::Events,
+            Some(SourceSpec::Poll(_)) | None => Mode::State,
+        };
+        let mode = raw.mode.as_ref().map_or(default_mode, |m| *m.get_ref());
         let default_policy = match mode {
             Mode::State => OverflowPolicy::Conflate,
             Mode::Events => OverflowPolicy::Disconnect,
@@ -408,7 +449,26 @@ impl<'a> Checker<'a> {
             retry,
             long_poll_max_wait,
             websocket: websocket?,
+            forward_headers: self.forward_headers(raw),
         })
+    }
+
+    fn forward_headers(&mut self, raw: &RawTopic) -> Vec<String> {
+        let Some(list) = &raw.forward_headers else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        for name in list.get_ref() {
+            match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                Ok(header) => names.push(header.as_str().to_string()),
+                Err(_) => self.error(
+                    name.span(),
+                    format!("{:?} is not a header name", name.get_ref()),
+                    None,
+                ),
+            }
+        }
+        names
     }
 
     /// A topic's (or the echo route's) WebSocket settings; `inbound` is checked against the
@@ -569,6 +629,83 @@ impl<'a> Checker<'a> {
     }
 
     /// The poll source; its URL is checked against `path`'s variables when the path is valid.
+    fn source(&mut self, source: &Spanned<RawSource>, path: Option<&PathTemplate>) -> Option<SourceSpec> {
+        let raw = source.get_ref();
+        let named = [raw.poll.is_some(), raw.stream.is_some(), raw.push.is_some()];
+        if named.iter().filter(|n| **n).count() != 1 {
+            self.error(
+                source.span(),
+                "`source` must name exactly one of `poll`, `stream`, `push`",
+                Some("e.g. `source.poll = { url = \"/backend/path\", interval_ms = 1000 }`".into()),
+            );
+            return None;
+        }
+        if let Some(poll) = &raw.poll {
+            return self.poll(poll, path);
+        }
+        if let Some(stream) = &raw.stream {
+            let idle_timeout = self.duration_ms(
+                &stream.get_ref().idle_timeout_ms,
+                None,
+                "idle_timeout_ms",
+                60_000,
+                false,
+            );
+            let Some(url) = &stream.get_ref().url else {
+                self.error(
+                    stream.span(),
+                    "`source.stream` has no `url`",
+                    Some("add `url = \"/backend/stream\"`".into()),
+                );
+                return None;
+            };
+            let url = self.source_url(url, path?)?;
+            return Some(SourceSpec::Stream(StreamSpec { url, idle_timeout }));
+        }
+        if !self.has_publish_token {
+            self.error(
+                source.span(),
+                "a `push` topic needs `server.publish_token` (or SIDESTREAM_PUBLISH_TOKEN)",
+                Some(
+                    "publishers authenticate with `Authorization: Bearer <token>` on the admin listener"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        Some(SourceSpec::Push)
+    }
+
+    /// A backend URL template that uses every variable of the topic's path.
+    fn source_url(&mut self, url: &Spanned<String>, path: &PathTemplate) -> Option<UrlTemplate> {
+        match UrlTemplate::parse(url.get_ref(), path.variables()) {
+            Ok((template, used)) => {
+                let missing: Vec<String> = path
+                    .variables()
+                    .iter()
+                    .filter(|v| !used.contains(v))
+                    .map(|v| format!("{{{v}}}"))
+                    .collect();
+                if missing.is_empty() {
+                    return Some(template);
+                }
+                self.error(
+                    url.span(),
+                    format!("`url` does not use path variable(s) {}", missing.join(", ")),
+                    Some(
+                        "each topic instance must poll its own resource: put every path variable in the URL"
+                            .into(),
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                self.error(url.span(), format!("`url` {error}"), None);
+                None
+            }
+        }
+    }
+
     fn poll(&mut self, poll: &Spanned<RawPoll>, path: Option<&PathTemplate>) -> Option<SourceSpec> {
         let raw = poll.get_ref();
         let interval = self.duration_ms(&raw.interval_ms, None, "interval_ms", 1_000, false);
@@ -591,30 +728,7 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        let path = path?;
-        let url = match UrlTemplate::parse(url.get_ref(), path.variables()) {
-            Ok((template, used)) => {
-                let missing: Vec<&String> = path.variables().iter().filter(|v| !used.contains(v)).collect();
-                if !missing.is_empty() {
-                    let list = missing
-                        .iter()
-                        .map(|v| format!("{{{v}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    self.error(
-                        url.span(),
-                        format!("`url` does not use path variable(s) {list}"),
-                        Some("each topic instance must poll its own resource: put every path variable in the URL".into()),
-                    );
-                    return None;
-                }
-                template
-            }
-            Err(error) => {
-                self.error(url.span(), format!("`url` {error}"), None);
-                return None;
-            }
-        };
+        let url = self.source_url(url, path?)?;
         Some(SourceSpec::Poll(PollSpec {
             url,
             interval,

@@ -66,7 +66,10 @@ impl Sidecar {
             Err(refusal) => return respond_reason(session, refusal.status, &refusal.reason, &[]).await,
         };
         let spec = route.spec;
-        let topic = self.registry.get_or_create(&route.key, || spec.hub.clone());
+        let key = route
+            .key
+            .with_forwarded(router::forwarded_headers(session.req_header(), spec));
+        let topic = self.registry.get_or_create(&key, || spec.hub.clone());
         match transport {
             Transport::Sse => sse::serve(session, topic, spec, &self.shutdown).await,
             Transport::LongPoll => long_poll::serve(session, topic, spec, &self.shutdown).await,

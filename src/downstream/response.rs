@@ -158,6 +158,10 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
             Instant::now().saturating_duration_since(last_success).as_secs(),
         )?;
     }
+    if topic.is_stale() {
+        // The backend is failing; this is the last good state (its age is in `Age`).
+        response.insert_header("X-Sidestream-Stale", "true")?;
+    }
     Ok((response, message.data.clone()))
 }
 

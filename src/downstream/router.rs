@@ -33,13 +33,19 @@ impl Router {
         self.topics.iter().find_map(|spec| {
             spec.path.matches(path).map(|params| Route {
                 spec,
-                key: TopicKey {
-                    name: Arc::clone(&spec.name),
-                    params,
-                },
+                key: TopicKey::new(Arc::clone(&spec.name), params),
             })
         })
     }
+}
+
+/// The `(header, value)` pairs a topic forwards upstream, from this request. A header the
+/// client did not send is forwarded as absent, which is an identity of its own.
+pub fn forwarded_headers(request: &RequestHeader, spec: &TopicSpec) -> Vec<(String, String)> {
+    spec.forward_headers
+        .iter()
+        .filter_map(|name| Some((name.clone(), header(request, name)?.to_string())))
+        .collect()
 }
 
 /// One query parameter, percent-decoded; the last occurrence wins.

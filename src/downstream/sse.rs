@@ -21,6 +21,7 @@ const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
 
 enum Step {
     Deliver(Delivery),
+    Stale(bool),
     Keepalive,
     Drain,
     ClientGone,
@@ -31,6 +32,12 @@ enum Step {
 fn jittered_retry(retry: Duration) -> u64 {
     let ms = retry.as_millis() as f64;
     (ms * rand::random_range(0.8..1.2)).round() as u64
+}
+
+/// `event: stale` when the upstream starts failing (the last good data keeps being served)
+/// and again with `false` when it recovers. No `id:`, so the client's cursor is untouched.
+fn stale_frame(stale: bool) -> Bytes {
+    Bytes::from(format!("event: stale\ndata: {{\"stale\":{stale}}}\n\n"))
 }
 
 pub fn reset_frame(position: Cursor) -> Bytes {
@@ -74,11 +81,19 @@ pub async fn serve(
     drop(backlog);
     session.write_response_body(Some(first.freeze()), false).await?;
     let mut last_write = Instant::now();
+    let mut stale = topic.watch_stale();
+    if *stale.borrow_and_update() {
+        session
+            .write_response_body(Some(stale_frame(true)), false)
+            .await?;
+    }
 
     let end = loop {
         let step = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Step::Drain,
+            // Before deliveries: "fresh again" precedes the first new message.
+            Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
             delivery = subscription.recv() => Step::Deliver(delivery),
             _ = tokio::time::sleep_until(last_write + spec.keepalive) => Step::Keepalive,
             _ = session.read_body_or_idle(true) => Step::ClientGone,
@@ -113,6 +128,7 @@ pub async fn serve(
             Step::Deliver(Delivery::Closed(CloseReason::TopicClosed)) | Step::Drain => {
                 break Some(Bytes::from(format!(": draining\nretry: {retry_ms}\n\n")));
             }
+            Step::Stale(now_stale) => stale_frame(now_stale),
             Step::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),
             Step::ClientGone => break None,
         };

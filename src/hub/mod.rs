@@ -14,5 +14,5 @@ pub use history::HistoryLimits;
 pub use message::{Message, Payload};
 pub use registry::{Registry, UpstreamLauncher};
 pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
-pub use topic::{Mode, Resume, Subscribe, Subscription, Topic, TopicKey, TopicSettings};
+pub use topic::{Mode, Published, Resume, Subscribe, Subscription, Topic, TopicKey, TopicSettings};
 pub use websocket_frame::Envelope;

@@ -173,10 +173,7 @@ mod tests {
     }
 
     fn key(param: &str) -> TopicKey {
-        TopicKey {
-            name: "prices".into(),
-            params: vec![param.to_string()],
-        }
+        TopicKey::new("prices", vec![param.to_string()])
     }
 
     async fn settle() {

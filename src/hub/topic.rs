@@ -34,11 +34,30 @@ pub struct TopicSettings {
     pub idle_linger: Duration,
 }
 
-/// Identifies a topic instance: the topic's name plus the values of its path variables.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Identifies a topic instance: the topic's name, the values of its path variables, and
+/// the forwarded request headers (credentials) it was opened with, so that two identities
+/// never share an instance.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TopicKey {
     pub name: Arc<str>,
     pub params: Vec<String>,
+    /// `(header, value)` pairs sent upstream for this instance. Never printed.
+    pub forwarded: Vec<(String, String)>,
+}
+
+impl TopicKey {
+    pub fn new(name: impl Into<Arc<str>>, params: Vec<String>) -> Self {
+        TopicKey {
+            name: name.into(),
+            params,
+            forwarded: Vec::new(),
+        }
+    }
+
+    pub fn with_forwarded(mut self, forwarded: Vec<(String, String)>) -> Self {
+        self.forwarded = forwarded;
+        self
+    }
 }
 
 impl fmt::Display for TopicKey {
@@ -47,7 +66,20 @@ impl fmt::Display for TopicKey {
         for param in &self.params {
             write!(f, "/{param}")?;
         }
+        if !self.forwarded.is_empty() {
+            // A short digest tells identities apart in logs without showing credentials.
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.forwarded.hash(&mut hasher);
+            write!(f, "[identity {:08x}]", hasher.finish() as u32)?;
+        }
         Ok(())
+    }
+}
+
+impl fmt::Debug for TopicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicKey({self})")
     }
 }
 
@@ -91,9 +123,22 @@ pub struct TopicCounters {
     pub disconnected: AtomicU64,
 }
 
+/// How many idempotency keys a topic remembers, and for how long.
+const IDEMPOTENCY_KEYS: usize = 4096;
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
+/// The outcome of a publish with an idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub cursor: Cursor,
+    /// The key was seen within the window: nothing was delivered again.
+    pub duplicate: bool,
+}
+
 #[derive(Debug)]
 struct TopicState {
     history: History,
+    recent_keys: std::collections::VecDeque<(String, Cursor, Instant)>,
     subscribers: HashMap<u64, Arc<SubscriberQueue>>,
     next_subscriber_id: u64,
     last_activity: Instant,
@@ -106,6 +151,8 @@ pub struct Topic {
     key: TopicKey,
     settings: TopicSettings,
     state: Mutex<TopicState>,
+    /// `true` while the upstream is failing and the data served is the last good one.
+    stale: tokio::sync::watch::Sender<bool>,
     pub counters: TopicCounters,
 }
 
@@ -117,6 +164,7 @@ impl Topic {
             settings,
             state: Mutex::new(TopicState {
                 history,
+                recent_keys: std::collections::VecDeque::new(),
                 subscribers: HashMap::new(),
                 next_subscriber_id: 0,
                 last_activity: Instant::now(),
@@ -124,7 +172,17 @@ impl Topic {
                 closed: false,
             }),
             counters: TopicCounters::default(),
+            stale: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Follows the stale flag (transports tell their clients when it flips).
+    pub fn watch_stale(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stale.subscribe()
+    }
+
+    pub fn is_stale(&self) -> bool {
+        *self.stale.borrow()
     }
 
     fn lock(&self) -> MutexGuard<'_, TopicState> {
@@ -158,6 +216,49 @@ impl Topic {
             .disconnected
             .fetch_add(disconnected, Ordering::Relaxed);
         message
+    }
+
+    /// Publishes unless `key` was already published within the idempotency window, in which
+    /// case the original cursor is returned and nothing is delivered again.
+    pub fn publish_once(&self, key: Option<&str>, payload: Payload) -> Published {
+        let Some(key) = key else {
+            return Published {
+                cursor: self.publish(payload).cursor,
+                duplicate: false,
+            };
+        };
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            while state
+                .recent_keys
+                .front()
+                .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > IDEMPOTENCY_WINDOW)
+            {
+                state.recent_keys.pop_front();
+            }
+            if let Some((_, cursor, _)) = state.recent_keys.iter().find(|(seen, _, _)| seen == key) {
+                return Published {
+                    cursor: *cursor,
+                    duplicate: true,
+                };
+            }
+        }
+        // Two publishes racing with the same key could both get here; publishers retry one
+        // request at a time, so that window is accepted rather than holding the lock over
+        // the fan-out.
+        let cursor = self.publish(payload).cursor;
+        let mut state = self.lock();
+        if state.recent_keys.len() >= IDEMPOTENCY_KEYS {
+            state.recent_keys.pop_front();
+        }
+        state
+            .recent_keys
+            .push_back((key.to_string(), cursor, Instant::now()));
+        Published {
+            cursor,
+            duplicate: false,
+        }
     }
 
     /// Registers a subscriber and computes, atomically with the registration, what it must
@@ -261,12 +362,18 @@ impl Topic {
         state.upstream.last_success = Some(Instant::now());
         state.upstream.consecutive_failures = 0;
         state.upstream.last_error = None;
+        drop(state);
+        self.stale
+            .send_if_modified(|stale| std::mem::replace(stale, false));
     }
 
     pub fn record_upstream_failure(&self, error: String) {
         let mut state = self.lock();
         state.upstream.consecutive_failures += 1;
         state.upstream.last_error = Some(error);
+        drop(state);
+        self.stale
+            .send_if_modified(|stale| !std::mem::replace(stale, true));
     }
 
     pub fn upstream_health(&self) -> UpstreamHealth {
@@ -335,13 +442,7 @@ mod tests {
     }
 
     fn topic(mode: Mode) -> Arc<Topic> {
-        Topic::new(
-            TopicKey {
-                name: "t".into(),
-                params: vec![],
-            },
-            settings(mode),
-        )
+        Topic::new(TopicKey::new("t", vec![]), settings(mode))
     }
 
     fn publish(topic: &Topic, text: &str) -> Cursor {
@@ -426,6 +527,32 @@ mod tests {
         assert_eq!(topic.subscriber_count(), 0);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(topic.idle_for(Instant::now()), Some(Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotency_keys_are_delivered_once_within_the_window() {
+        let topic = topic(Mode::Events);
+        let subscribed = topic.subscribe(Resume::Latest);
+        let payload = || Payload {
+            data: Bytes::from_static(b"x"),
+            ..Payload::default()
+        };
+        let first = topic.publish_once(Some("k1"), payload());
+        let again = topic.publish_once(Some("k1"), payload());
+        assert!(!first.duplicate);
+        assert_eq!(
+            again,
+            Published {
+                cursor: first.cursor,
+                duplicate: true
+            }
+        );
+        assert_eq!(live_seqs(&subscribed.subscription), vec![1]);
+        tokio::time::advance(IDEMPOTENCY_WINDOW + Duration::from_secs(1)).await;
+        assert!(
+            !topic.publish_once(Some("k1"), payload()).duplicate,
+            "window passed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use tokio::sync::Semaphore;
 
+use super::circuit::{CircuitBreaker, Permission};
 use crate::config::UpstreamSettings;
 
 /// The backend as resolved at start-up.
@@ -57,7 +58,64 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub validators: Validators,
     pub content_type: Option<String>,
+    /// How long the backend asked to be left alone: `Retry-After` (seconds) or
+    /// `Cache-Control: max-age`, whichever is longer.
+    pub min_interval: Option<Duration>,
     pub body: Bytes,
+}
+
+/// The parts of a response header sidestream acts on.
+#[derive(Debug)]
+pub struct ResponseMeta {
+    pub status: u16,
+    pub validators: Validators,
+    pub content_type: Option<String>,
+    pub min_interval: Option<Duration>,
+}
+
+impl ResponseMeta {
+    fn of(header: &pingora_http::ResponseHeader) -> Self {
+        let text = |name: &str| {
+            header
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = text("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+        let max_age = text("cache-control").and_then(|v| {
+            v.split(',').find_map(|d| {
+                d.trim()
+                    .strip_prefix("max-age=")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+        });
+        ResponseMeta {
+            status: header.status.as_u16(),
+            validators: Validators {
+                etag: text("etag"),
+                last_modified: text("last-modified"),
+            },
+            content_type: text("content-type"),
+            min_interval: retry_after
+                .max(max_age)
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+        }
+    }
+}
+
+/// An open streaming response; dropping it closes the connection.
+pub struct UpstreamStream {
+    session: pingora_core::protocols::http::client::HttpSession,
+    pub meta: ResponseMeta,
+}
+
+impl UpstreamStream {
+    /// The next chunk of the body; `None` at its end. Errors include the idle timeout.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        Ok(self.session.read_response_body().await?)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +126,8 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the backend's body is larger than max_body_bytes ({0})")]
     BodyTooLarge(usize),
+    #[error("the backend is failing; the circuit breaker lets a probe through in {0:?}")]
+    CircuitOpen(Duration),
 }
 
 impl From<Box<pingora_error::Error>> for UpstreamError {
@@ -83,6 +143,7 @@ pub struct UpstreamClient {
     timeout: Duration,
     max_body_bytes: usize,
     permits: Semaphore,
+    breaker: CircuitBreaker,
 }
 
 impl UpstreamClient {
@@ -94,6 +155,11 @@ impl UpstreamClient {
             timeout: settings.timeout,
             max_body_bytes: settings.max_body_bytes,
             permits: Semaphore::new(settings.max_concurrent_requests),
+            breaker: CircuitBreaker::new(
+                settings.circuit_failure_threshold,
+                settings.circuit_open,
+                settings.backoff_max.max(settings.circuit_open),
+            ),
         }
     }
 
@@ -102,8 +168,13 @@ impl UpstreamClient {
     }
 
     /// A conditional GET of `path` (below the base URL's prefix).
-    pub async fn get(&self, path: &str, validators: &Validators) -> Result<UpstreamResponse, UpstreamError> {
-        let mut headers = Vec::new();
+    pub async fn get(
+        &self,
+        path: &str,
+        validators: &Validators,
+        extra: &[(String, String)],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut headers = extra.to_vec();
         if let Some(etag) = &validators.etag {
             headers.push(("If-None-Match".to_string(), etag.clone()));
         }
@@ -123,6 +194,51 @@ impl UpstreamClient {
         self.send("POST", path, headers, body).await
     }
 
+    /// Opens a streaming GET. The concurrency permit and the timeout cover only the way to
+    /// the response header: a held stream is not a request in flight. `idle_timeout` bounds
+    /// the wait for each later chunk.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        idle_timeout: Duration,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        if let Permission::Refused(wait) = self.breaker.permission() {
+            return Err(UpstreamError::CircuitOpen(wait));
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
+        let open = async {
+            let target = format!("{}{}", self.backend.path_prefix, path);
+            let (mut session, _reused) = self.connector.get_http_session(&self.peer).await?;
+            let mut request = RequestHeader::build("GET", target.as_bytes(), None)?;
+            for (name, value) in headers {
+                request.append_header(name.clone(), value.as_str())?;
+            }
+            request.insert_header("Host", self.backend.host.as_str())?;
+            request.insert_header("User-Agent", concat!("sidestream/", env!("CARGO_PKG_VERSION")))?;
+            session.write_request_header(Box::new(request)).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await?;
+            session.set_read_timeout(Some(idle_timeout));
+            let meta = ResponseMeta::of(
+                session
+                    .response_header()
+                    .ok_or_else(|| UpstreamError::Request("no response header".into()))?,
+            );
+            Ok(UpstreamStream { session, meta })
+        };
+        let result = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))
+            .and_then(|result| result);
+        self.record(result.as_ref().map(|s| s.meta.status));
+        result
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -130,14 +246,34 @@ impl UpstreamClient {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        if let Permission::Refused(wait) = self.breaker.permission() {
+            return Err(UpstreamError::CircuitOpen(wait));
+        }
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
-        tokio::time::timeout(self.timeout, self.send_unbounded(method, path, headers, body))
+        let result = tokio::time::timeout(self.timeout, self.send_unbounded(method, path, headers, body))
             .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+            .map_err(|_| UpstreamError::Timeout(self.timeout))
+            .and_then(|result| result);
+        self.record(result.as_ref().map(|r| r.status));
+        result
+    }
+
+    /// Feeds the circuit breaker: transport errors, timeouts and 5xx count as failures.
+    fn record(&self, outcome: Result<u16, &UpstreamError>) {
+        match outcome {
+            Ok(status) if status < 500 => self.breaker.record_success(),
+            Err(UpstreamError::BodyTooLarge(_)) => self.breaker.record_success(),
+            _ => self.breaker.record_failure(),
+        }
+    }
+
+    /// Whether the breaker currently keeps requests from the backend.
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     async fn send_unbounded(
@@ -166,26 +302,11 @@ impl UpstreamClient {
         }
         session.finish_request_body().await?;
         session.read_response_header().await?;
-        let (status, validators, content_type) = {
-            let header = session
+        let meta = ResponseMeta::of(
+            session
                 .response_header()
-                .ok_or_else(|| UpstreamError::Request("no response header".into()))?;
-            let text = |name: &str| {
-                header
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            (
-                header.status.as_u16(),
-                Validators {
-                    etag: text("etag"),
-                    last_modified: text("last-modified"),
-                },
-                text("content-type"),
-            )
-        };
+                .ok_or_else(|| UpstreamError::Request("no response header".into()))?,
+        );
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_response_body().await? {
             if body.len() + chunk.len() > self.max_body_bytes {
@@ -198,9 +319,10 @@ impl UpstreamClient {
             .release_http_session(session, &self.peer, Some(Duration::from_secs(60)))
             .await;
         Ok(UpstreamResponse {
-            status,
-            validators,
-            content_type,
+            status: meta.status,
+            validators: meta.validators,
+            content_type: meta.content_type,
+            min_interval: meta.min_interval,
             body: body.freeze(),
         })
     }

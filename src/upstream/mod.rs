@@ -1,8 +1,11 @@
 //! Upstream: talks to the backend once per topic instance and publishes into the hub.
 
 pub mod backoff;
+pub mod circuit;
 pub mod client;
+pub mod event_stream;
 pub mod poll;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use crate::hub::{Topic, UpstreamLauncher};
 use backoff::Backoff;
 pub use client::{Backend, UpstreamClient, UpstreamError};
 use poll::PollTask;
+use stream::StreamTask;
 
 /// Starts the right source task for each new topic instance.
 pub struct SourceLauncher {
@@ -56,6 +60,21 @@ impl UpstreamLauncher for SourceLauncher {
                 };
                 runtime.spawn(task.run());
             }
+            SourceSpec::Stream(stream) => {
+                let task = StreamTask {
+                    client: self.client.clone(),
+                    url: stream.url.render(&topic.key().params),
+                    event: spec.event.clone(),
+                    idle_timeout: stream.idle_timeout,
+                    backoff: Backoff::new(self.settings.backoff_initial, self.settings.backoff_max),
+                    headers: topic.key().forwarded.clone(),
+                    topic,
+                    stop,
+                };
+                runtime.spawn(task.run());
+            }
+            // Messages arrive through the admin listener's /publish.
+            SourceSpec::Push => {}
         }
     }
 }

@@ -104,8 +104,14 @@ impl PollTask {
         loop {
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                outcome = self.client.get(&self.url, detector.validators()) => outcome,
+                outcome = self.client.get(&self.url, detector.validators(), &self.topic.key().forwarded) => outcome,
             };
+            // The backend may ask for more room (Retry-After, Cache-Control: max-age).
+            let min_interval = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| r.min_interval)
+                .unwrap_or_default();
             let observation = match outcome {
                 Ok(response) => detector.observe(response),
                 Err(error) => Observation::Failed(error.to_string()),
@@ -134,7 +140,8 @@ impl PollTask {
                     self.topic.record_upstream_failure(reason);
                     delay
                 }
-            };
+            }
+            .max(min_interval);
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
@@ -166,6 +173,7 @@ mod tests {
                 last_modified: None,
             },
             content_type: Some(content_type.to_string()),
+            min_interval: None,
             body: Bytes::from_static(body.as_bytes()),
         }
     }

@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// The publish token every test sidecar uses.
+pub const PUBLISH_TOKEN: &str = "test-publish-token-0123456789";
+
 /// An upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -58,6 +61,14 @@ pub enum Behaviour {
     Status(u16),
     /// Never answers within any sane timeout.
     Hang,
+    /// `text/event-stream` of events `1..=total` (id = n, data = `{"n":n}`), starting after
+    /// the request's `Last-Event-ID`; each connection ends (the backend "drops" it) at the next
+    /// of `drops` above where it started, and the last one after `total`.
+    EventStream { total: u64, drops: Vec<u64> },
+    /// 200 with JSON naming the value of this request header (an identity echo).
+    EchoHeader(&'static str),
+    /// 200 with this JSON and `Cache-Control: max-age=<seconds>`.
+    JsonMaxAge(String, u64),
 }
 
 /// One request the backend saw.
@@ -238,6 +249,48 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
             .status(status)
             .body(Full::new(Bytes::from_static(b"backend trouble")))
             .unwrap(),
+        Some(Behaviour::EventStream { total, drops }) => {
+            let after: u64 = parts
+                .headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let end = drops
+                .iter()
+                .copied()
+                .find(|d| *d > after)
+                .unwrap_or(total)
+                .min(total);
+            let mut body = String::from("retry: 50\n\n");
+            for n in after + 1..=end {
+                body.push_str(&format!("id: {n}\ndata: {{\"n\":{n}}}\n\n"));
+            }
+            Response::builder()
+                .status(200)
+                .header("Content-Type", "text/event-stream")
+                .header("Connection", "close")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        }
+        Some(Behaviour::JsonMaxAge(text, seconds)) => Response::builder()
+            .status(200)
+            .header("Content-Type", "application/json")
+            .header("Cache-Control", format!("max-age={seconds}"))
+            .body(Full::new(Bytes::from(text)))
+            .unwrap(),
+        Some(Behaviour::EchoHeader(name)) => {
+            let value = parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            Response::builder()
+                .status(200)
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(format!("{{\"{name}\":{value:?}}}"))))
+                .unwrap()
+        }
         Some(Behaviour::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(Full::new(Bytes::new()))
@@ -267,6 +320,7 @@ impl ShutdownSignalWatch for WatchShutdown {
 /// A running sidecar. Dropping it shuts it down and waits (bounded) for it to stop.
 pub struct TestSidecar {
     pub port: u16,
+    pub admin_port: u16,
     pub registry: Arc<Registry>,
     stop: watch::Sender<bool>,
     done: Option<std::sync::mpsc::Receiver<()>>,
@@ -277,10 +331,13 @@ impl TestSidecar {
     /// and `[defaults]` lines.
     pub async fn start(backend_port: u16, defaults: &str, topics: &str) -> TestSidecar {
         let port = free_port();
+        let admin_port = free_port();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_ms = 3000\nthreads = 2\n\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             publish_token = \"{PUBLISH_TOKEN}\"\ndrain_timeout_ms = 3000\nthreads = 2\n\n\
              [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\ntimeout_ms = 500\n\
-             backoff_initial_ms = 100\nbackoff_max_ms = 800\n\n[defaults]\n{defaults}\n\n{topics}\n"
+             backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n\n\
+             [defaults]\n{defaults}\n\n{topics}\n"
         );
         let config = sidestream::config::parse("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let app = sidestream::app::App::build(config).expect("app builds");
@@ -296,8 +353,13 @@ impl TestSidecar {
             assert!(Instant::now() < deadline, "sidecar did not start listening");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        while TcpStream::connect(("127.0.0.1", admin_port)).await.is_err() {
+            assert!(Instant::now() < deadline, "admin did not start listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         TestSidecar {
             port,
+            admin_port,
             registry,
             stop,
             done: Some(done),

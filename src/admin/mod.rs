@@ -1,0 +1,75 @@
+//! The admin listener: `/live`, `/ready`, `/metrics`, and `/publish/{topic path}` for push
+//! topics. A separate port, meant for the pod's network only.
+
+mod health;
+mod metrics;
+mod publish;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::downstream::router::Router;
+use crate::hub::Registry;
+
+pub struct Admin {
+    router: Router,
+    registry: Arc<Registry>,
+    publish_token: Option<String>,
+    publish_max_body_bytes: usize,
+    shutdown: CancellationToken,
+}
+
+impl Admin {
+    pub fn new(config: &Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        Admin {
+            router: Router::new(config.topics.clone()),
+            registry,
+            publish_token: config.server.publish_token.clone(),
+            publish_max_body_bytes: config.server.publish_max_body_bytes,
+            shutdown,
+        }
+    }
+}
+
+/// A small text or JSON answer.
+fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn text(status: u16, message: &str) -> Response<Vec<u8>> {
+    reply(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET" | "HEAD", "/live") => health::live(),
+            ("GET" | "HEAD", "/ready") => health::ready(&self.shutdown),
+            ("GET", "/metrics") => metrics::render(&self.registry),
+            ("POST", publish_path) if publish_path.starts_with("/publish/") => {
+                publish::handle(self, session, &publish_path["/publish".len()..]).await
+            }
+            (_, "/live" | "/ready" | "/metrics") => text(405, "use GET"),
+            _ => text(
+                404,
+                "not found: the admin listener serves /live, /ready, /metrics, POST /publish/{topic path}",
+            ),
+        }
+    }
+}

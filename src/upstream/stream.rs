@@ -1,0 +1,165 @@
+//! The stream source: one long-lived GET per topic instance to a backend event stream
+//! (`text/event-stream`, or `application/x-ndjson`); each upstream event is a message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::client::UpstreamClient;
+use super::event_stream::{EventStreamParser, NdjsonParser, StreamEvent};
+use crate::hub::{Payload, Topic};
+
+pub struct StreamTask {
+    pub client: Arc<UpstreamClient>,
+    pub topic: Arc<Topic>,
+    pub url: String,
+    /// Event name for messages the upstream does not name.
+    pub event: Option<Arc<str>>,
+    pub idle_timeout: Duration,
+    pub backoff: Backoff,
+    pub headers: Vec<(String, String)>,
+    pub stop: CancellationToken,
+}
+
+/// How one connection ended.
+enum End {
+    Stopped,
+    /// The stream was up and then ended or broke.
+    Dropped(String),
+    /// It never got going.
+    Failed(String),
+}
+
+enum Format {
+    EventStream(EventStreamParser),
+    Ndjson(NdjsonParser),
+}
+
+impl StreamTask {
+    pub async fn run(mut self) {
+        // Remembered across reconnects, so the backend can resume after it.
+        let mut last_event_id: Option<String> = None;
+        let mut retry_hint: Option<Duration> = None;
+        loop {
+            let end = self.connect_once(&mut last_event_id, &mut retry_hint).await;
+            let delay = match end {
+                End::Stopped => break,
+                End::Dropped(reason) => {
+                    tracing::info!(topic = %self.topic.key(), "upstream stream ended ({reason}); reconnecting");
+                    // A stream that was healthy comes back after the backend's `retry:` (or
+                    // the first backoff step), jittered so a fleet does not return at once.
+                    let base = retry_hint.unwrap_or_else(|| self.backoff.ceiling());
+                    base.mul_f64(rand::random_range(0.5..1.0))
+                }
+                End::Failed(reason) => {
+                    let delay = self.backoff.next_delay().max(retry_hint.unwrap_or_default());
+                    tracing::warn!(
+                        topic = %self.topic.key(),
+                        url = %self.url,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "upstream stream failed, serving last good data: {reason}"
+                    );
+                    self.topic.record_upstream_failure(reason);
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect_once(
+        &mut self,
+        last_event_id: &mut Option<String>,
+        retry_hint: &mut Option<Duration>,
+    ) -> End {
+        let mut headers = self.headers.clone();
+        headers.push(("Accept".into(), "text/event-stream, application/x-ndjson".into()));
+        headers.push(("Cache-Control".into(), "no-cache".into()));
+        if let Some(id) = last_event_id.as_deref() {
+            headers.push(("Last-Event-ID".into(), id.to_string()));
+        }
+        let opened = tokio::select! {
+            _ = self.stop.cancelled() => return End::Stopped,
+            opened = self.client.open_stream(&self.url, &headers, self.idle_timeout) => opened,
+        };
+        let mut stream = match opened {
+            Ok(stream) if stream.meta.status == 200 => stream,
+            Ok(stream) => {
+                if let Some(min) = stream.meta.min_interval {
+                    *retry_hint = Some(min);
+                }
+                return End::Failed(format!("backend answered {}", stream.meta.status));
+            }
+            Err(error) => return End::Failed(error.to_string()),
+        };
+        let ndjson = stream
+            .meta
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("ndjson") || ct.contains("jsonl"));
+        let mut format = if ndjson {
+            Format::Ndjson(NdjsonParser::default())
+        } else {
+            Format::EventStream(EventStreamParser::resuming(last_event_id.clone()))
+        };
+        self.backoff.reset();
+        self.topic.record_upstream_success();
+        loop {
+            let chunk = tokio::select! {
+                _ = self.stop.cancelled() => return End::Stopped,
+                chunk = stream.next_chunk() => chunk,
+            };
+            let chunk = match chunk {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return End::Dropped("the backend closed the stream".into()),
+                Err(error) => return End::Dropped(error.to_string()),
+            };
+            match &mut format {
+                Format::EventStream(parser) => {
+                    for event in parser.feed(&chunk) {
+                        self.publish_event(event);
+                    }
+                    *last_event_id = parser.last_event_id().map(str::to_string);
+                    if let Some(ms) = parser.retry_ms() {
+                        *retry_hint = Some(Duration::from_millis(ms));
+                    }
+                }
+                Format::Ndjson(parser) => {
+                    for line in parser.feed(&chunk) {
+                        match line {
+                            Ok(json) => self.publish(None, json, "application/json"),
+                            Err(reason) => {
+                                tracing::warn!(topic = %self.topic.key(), "skipped a line: {reason}")
+                            }
+                        }
+                    }
+                }
+            }
+            self.topic.record_upstream_success();
+        }
+    }
+
+    fn publish_event(&self, event: StreamEvent) {
+        let data = Bytes::from(event.data);
+        let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok() {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        self.publish(event.event.map(Arc::from), data, content_type);
+    }
+
+    fn publish(&self, event: Option<Arc<str>>, data: Bytes, content_type: &'static str) {
+        self.topic.publish(Payload {
+            event: event.or_else(|| self.event.clone()),
+            content_type: Some(Arc::from(content_type)),
+            data,
+        });
+    }
+}
