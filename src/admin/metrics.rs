@@ -43,7 +43,17 @@ pub fn render(registry: &Registry) -> Response<Vec<u8>> {
         "# HELP sidestream_subscribers current subscribers per topic\n# TYPE sidestream_subscribers gauge"
     );
     let mut per_topic: std::collections::BTreeMap<&str, (usize, u64, u64, u64, usize)> = Default::default();
+    let mut depth: std::collections::BTreeMap<&str, (usize, usize, &'static str)> = Default::default();
     for topic in &topics {
+        let queued = topic.queue_depth();
+        let policy = match topic.settings().on_full {
+            crate::hub::OverflowPolicy::Conflate => "conflate",
+            crate::hub::OverflowPolicy::DropOldest => "drop_oldest",
+            crate::hub::OverflowPolicy::Disconnect => "disconnect",
+        };
+        let queue = depth.entry(&topic.key().name).or_insert((0, 0, policy));
+        queue.0 += queued.messages;
+        queue.1 += queued.bytes;
         let entry = per_topic.entry(&topic.key().name).or_default();
         entry.0 += topic.subscriber_count();
         entry.1 += topic.counters.published.load(Ordering::Relaxed);
@@ -75,8 +85,23 @@ pub fn render(registry: &Registry) -> Response<Vec<u8>> {
                 2 => values.2,
                 _ => values.3,
             };
-            let _ = writeln!(out, "{metric}{{topic=\"{name}\"}} {value}");
+            let policy = depth.get(name).map_or("", |d| d.2);
+            let _ = writeln!(out, "{metric}{{topic=\"{name}\",policy=\"{policy}\"}} {value}");
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sidestream_queued_messages messages waiting in subscriber queues\n# TYPE sidestream_queued_messages gauge"
+    );
+    for (name, (messages, _, _)) in &depth {
+        let _ = writeln!(out, "sidestream_queued_messages{{topic=\"{name}\"}} {messages}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sidestream_queued_bytes bytes waiting in subscriber queues\n# TYPE sidestream_queued_bytes gauge"
+    );
+    for (name, (_, bytes, _)) in &depth {
+        let _ = writeln!(out, "sidestream_queued_bytes{{topic=\"{name}\"}} {bytes}");
     }
     let _ = writeln!(
         out,

@@ -61,6 +61,7 @@ macro_rules! with_tunables {
             pub retry_ms: Field<i64>,
             pub idle_linger_ms: Field<i64>,
             pub long_poll_max_wait_ms: Field<i64>,
+            pub write_timeout_ms: Field<i64>,
             pub transports: Field<Vec<Spanned<Transport>>>,
         }
     };

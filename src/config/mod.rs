@@ -96,6 +96,8 @@ pub struct TopicSpec {
     pub keepalive: Duration,
     pub retry: Duration,
     pub long_poll_max_wait: Duration,
+    /// Longest a single write to a client may take; a client that stops reading is closed.
+    pub write_timeout: Duration,
     pub websocket: WebsocketSpec,
     /// Request headers sent upstream and made part of the topic instance's identity, so
     /// clients with different credentials never share an upstream or its data.

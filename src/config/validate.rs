@@ -448,6 +448,13 @@ impl<'a> Checker<'a> {
             keepalive,
             retry,
             long_poll_max_wait,
+            write_timeout: self.duration_ms(
+                &raw.write_timeout_ms,
+                defaults.write_timeout_ms.as_ref(),
+                "write_timeout_ms",
+                10_000,
+                false,
+            ),
             websocket: websocket?,
             forward_headers: self.forward_headers(raw),
         })

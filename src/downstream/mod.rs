@@ -25,6 +25,9 @@ use in_flight::{InFlight, InFlightGuard};
 use response::respond_reason;
 use router::{choose_transport, Route, Router};
 
+/// The echo route has no topic settings; its writes get this long.
+const ECHO_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The client-facing application: one pingora proxy service.
 pub struct Sidecar {
     router: Router,
@@ -76,7 +79,14 @@ impl Sidecar {
             Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
             Transport::Websocket => {
                 let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
-                websocket::serve(session, target, &spec.websocket, &self.shutdown).await
+                websocket::serve(
+                    session,
+                    target,
+                    &spec.websocket,
+                    spec.write_timeout,
+                    &self.shutdown,
+                )
+                .await
             }
         }
     }
@@ -100,7 +110,14 @@ impl ProxyHttp for Sidecar {
     async fn request_filter(&self, session: &mut Session, _ctx: &mut InFlightGuard) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
         if let Some(echo) = self.echo.as_ref().filter(|echo| echo.path == path) {
-            websocket::serve(session, websocket::Target::Echo, &echo.websocket, &self.shutdown).await?;
+            websocket::serve(
+                session,
+                websocket::Target::Echo,
+                &echo.websocket,
+                ECHO_WRITE_TIMEOUT,
+                &self.shutdown,
+            )
+            .await?;
             return Ok(true);
         }
         let Some(route) = self.router.route(&path) else {

@@ -12,6 +12,16 @@ use tokio::time::Instant;
 use super::router::{header, query_param};
 use crate::hub::{Cursor, Message, Mode, Resume, Topic};
 
+/// Takes the client connection out of pingora, leaving a closed placeholder so that
+/// pingora's end-of-request bookkeeping finds nothing to flush or reuse. Dropping what is
+/// returned closes the socket at once, even with unsent bytes (a client that stopped reading).
+pub fn take_connection(session: &mut Session) -> Box<pingora_core::protocols::http::ServerSession> {
+    let mut placeholder =
+        pingora_core::protocols::http::ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+    placeholder.set_keepalive(None);
+    std::mem::replace(&mut session.downstream_session, Box::new(placeholder))
+}
+
 /// Writes a complete response with a `Content-Length` body (empty for `HEAD` and `304`).
 pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: Bytes) -> Result<()> {
     let head = session.req_header().method == http::Method::HEAD;

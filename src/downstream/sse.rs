@@ -10,9 +10,9 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::response::sse_resume;
+use super::response::{sse_resume, take_connection};
 use crate::config::TopicSpec;
-use crate::hub::{CloseReason, Cursor, Delivery, Subscribe, Topic};
+use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Topic};
 
 /// Bytes gathered into one write when several messages are already queued.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -32,6 +32,23 @@ enum Step {
 fn jittered_retry(retry: Duration) -> u64 {
     let ms = retry.as_millis() as f64;
     (ms * rand::random_range(0.8..1.2)).round() as u64
+}
+
+/// Adds one message to a batch, preceded by a gap notice when messages were dropped.
+fn append(batch: &mut BytesMut, message: &Message, skipped: u64, signal_gaps: bool) {
+    if skipped > 0 && signal_gaps {
+        let position = Cursor {
+            seq: message.cursor.seq.saturating_sub(1),
+            ..message.cursor
+        };
+        batch.put_slice(
+            format!(
+                "id: {position}\nevent: reset\ndata: {{\"cursor\":\"{position}\",\"skipped\":{skipped}}}\n\n"
+            )
+            .as_bytes(),
+        );
+    }
+    batch.put_slice(&message.sse_frame);
 }
 
 /// `event: stale` when the upstream starts failing (the last good data keeps being served)
@@ -81,6 +98,9 @@ pub async fn serve(
     drop(backlog);
     session.write_response_body(Some(first.freeze()), false).await?;
     let mut last_write = Instant::now();
+    // Event topics tell the client when messages were dropped for it (`drop_oldest`): an
+    // `event: reset` before the next message. State topics just move to the newest state.
+    let signal_gaps = spec.mode() == Mode::Events;
     let mut stale = topic.watch_stale();
     if *stale.borrow_and_update() {
         session
@@ -88,6 +108,7 @@ pub async fn serve(
             .await?;
     }
 
+    let mut stalled = false;
     let end = loop {
         let step = tokio::select! {
             biased;
@@ -99,19 +120,18 @@ pub async fn serve(
             _ = session.read_body_or_idle(true) => Step::ClientGone,
         };
         let chunk = match step {
-            Step::Deliver(Delivery::Message { message, .. }) => {
-                // One write for everything already queued, to spare syscalls under bursts.
+            Step::Deliver(Delivery::Message { message, skipped }) => {
+                // The common case is one message and no gap: its shared frame, no copy.
+                // Otherwise one write for everything already queued, to spare syscalls.
+                let single = skipped == 0 || !signal_gaps;
                 match subscription.try_recv() {
-                    None => message.sse_frame.clone(),
-                    Some(next) => {
+                    None if single => message.sse_frame.clone(),
+                    first_next => {
                         let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
-                        batch.put_slice(&message.sse_frame);
-                        let mut pending = Some(next);
-                        while let Some(delivery) = pending.take() {
-                            match delivery {
-                                Delivery::Message { message, .. } => batch.put_slice(&message.sse_frame),
-                                Delivery::Closed(_) => break,
-                            }
+                        append(&mut batch, &message, skipped, signal_gaps);
+                        let mut pending = first_next;
+                        while let Some(Delivery::Message { message, skipped }) = pending.take() {
+                            append(&mut batch, &message, skipped, signal_gaps);
                             if batch.len() < MAX_BATCH_BYTES {
                                 pending = subscription.try_recv();
                             }
@@ -132,12 +152,43 @@ pub async fn serve(
             Step::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),
             Step::ClientGone => break None,
         };
-        session.write_response_body(Some(chunk), false).await?;
+        // A client that stops reading fills its socket; the write deadline ends it there
+        // (its queue meanwhile is bounded by the topic's policy).
+        match tokio::time::timeout(
+            spec.write_timeout,
+            session.write_response_body(Some(chunk), false),
+        )
+        .await
+        {
+            Ok(written) => written?,
+            Err(_) => {
+                stalled = true;
+                break None;
+            }
+        }
         last_write = Instant::now();
     };
     drop(subscription);
     match end {
-        Some(goodbye) => session.write_response_body(Some(goodbye), true).await,
+        Some(goodbye) => {
+            match tokio::time::timeout(
+                spec.write_timeout,
+                session.write_response_body(Some(goodbye), true),
+            )
+            .await
+            {
+                Ok(written) => written,
+                Err(_) => {
+                    drop(take_connection(session));
+                    Ok(())
+                }
+            }
+        }
+        // A write was cut off mid-chunk: the connection is unusable; close it now.
+        None if stalled => {
+            drop(take_connection(session));
+            Ok(())
+        }
         None => {
             // Nobody is listening; the connection is not reusable either.
             session.set_keepalive(None);

@@ -181,6 +181,11 @@ impl SubscriberQueue {
         self.lock().items.len()
     }
 
+    /// Bytes (by message weight) waiting in this queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

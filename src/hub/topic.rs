@@ -115,6 +115,14 @@ pub struct UpstreamHealth {
     pub last_error: Option<String>,
 }
 
+/// What is queued for a topic's subscribers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub messages: usize,
+    pub bytes: usize,
+    pub largest_bytes: usize,
+}
+
 /// Monotonic counters of one topic instance.
 #[derive(Debug, Default)]
 pub struct TopicCounters {
@@ -339,6 +347,20 @@ impl Topic {
 
     pub fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
+    }
+
+    /// Messages and bytes waiting in all subscriber queues, and the largest single queue in
+    /// bytes: what slow clients cost right now.
+    pub fn queue_depth(&self) -> QueueDepth {
+        let state = self.lock();
+        let mut depth = QueueDepth::default();
+        for queue in state.subscribers.values() {
+            let bytes = queue.queued_bytes();
+            depth.messages += queue.len();
+            depth.bytes += bytes;
+            depth.largest_bytes = depth.largest_bytes.max(bytes);
+        }
+        depth
     }
 
     /// Marks the instance as in use by a request that does not subscribe (short poll), so

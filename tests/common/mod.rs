@@ -409,7 +409,24 @@ impl Reply {
 }
 
 async fn send(port: u16, request: Request<Full<Bytes>>) -> Response<Incoming> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    send_with_buffer(port, request, None).await
+}
+
+/// `receive_buffer`: a small kernel receive buffer makes a client that stops reading stall
+/// the server's writes quickly (loopback buffers are otherwise megabytes).
+async fn send_with_buffer(
+    port: u16,
+    request: Request<Full<Bytes>>,
+    receive_buffer: Option<u32>,
+) -> Response<Incoming> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -471,6 +488,20 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        Self::connect_with_buffer(port, path, headers, None).await
+    }
+
+    /// A client whose kernel receive buffer is tiny: when it stops reading, the server feels it.
+    pub async fn connect_slow(port: u16, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        Self::connect_with_buffer(port, path, headers, Some(2048)).await
+    }
+
+    async fn connect_with_buffer(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        receive_buffer: Option<u32>,
+    ) -> SseClient {
         let mut builder = Request::builder()
             .uri(path)
             .header("Host", format!("127.0.0.1:{port}"))
@@ -478,7 +509,12 @@ impl SseClient {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = send(port, builder.body(Full::new(Bytes::new())).unwrap()).await;
+        let response = send_with_buffer(
+            port,
+            builder.body(Full::new(Bytes::new())).unwrap(),
+            receive_buffer,
+        )
+        .await;
         let (parts, body) = response.into_parts();
         SseClient {
             status: parts.status,

@@ -20,8 +20,6 @@ use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscripti
 use crate::metrics::{WEBSOCKET_FRAMES_SENT, WEBSOCKET_INBOUND_FORWARDED};
 use crate::upstream::UpstreamClient;
 
-/// How long one write to a client may take before the client is given up on.
-const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long to wait for the client's half of a close handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Most messages gathered into one write when several are queued.
@@ -56,6 +54,8 @@ pub struct Connection {
     /// Whether yawc has written a close frame (so one must not be sent twice).
     close_sent: Arc<AtomicBool>,
     spec: WebsocketSpec,
+    /// How long one write to a client may take before the client is given up on.
+    write_timeout: Duration,
     deflate: bool,
     feed: Feed,
 }
@@ -65,6 +65,7 @@ impl Connection {
         stream: Stream,
         extension: Option<&str>,
         spec: &WebsocketSpec,
+        write_timeout: Duration,
         feed: Feed,
     ) -> Result<Self, WebSocketError> {
         // yawc refuses a frame whose payload reaches its limit, so allow exactly the maximum.
@@ -80,6 +81,7 @@ impl Connection {
             raw,
             close_sent,
             spec: spec.clone(),
+            write_timeout,
             deflate: extension.is_some(),
             feed,
         })
@@ -197,7 +199,7 @@ impl Connection {
             }
             self.raw.flush().await
         };
-        match tokio::time::timeout(WRITE_DEADLINE, write).await {
+        match tokio::time::timeout(self.write_timeout, write).await {
             Ok(result) => {
                 WEBSOCKET_FRAMES_SENT.add(frames.len() as u64);
                 result
@@ -229,7 +231,7 @@ impl Connection {
     /// Sends one frame through yawc (control frames, replies, echoes). `false` = gone.
     async fn send(&mut self, frame: Frame) -> bool {
         matches!(
-            tokio::time::timeout(WRITE_DEADLINE, self.ws.send(frame)).await,
+            tokio::time::timeout(self.write_timeout, self.ws.send(frame)).await,
             Ok(Ok(()))
         )
     }
@@ -259,7 +261,7 @@ impl Connection {
             }
             // yawc has queued the pong; send it now rather than with the next write.
             OpCode::Ping => matches!(
-                tokio::time::timeout(WRITE_DEADLINE, flush_all(&mut self.ws)).await,
+                tokio::time::timeout(self.write_timeout, flush_all(&mut self.ws)).await,
                 Ok(Ok(()))
             ),
             // yawc has queued the answering close frame.

@@ -8,6 +8,7 @@ pub mod handshake;
 mod io;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::Result;
@@ -15,7 +16,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio_util::sync::CancellationToken;
 
-use super::response::{respond_reason, sse_resume};
+use super::response::{respond_reason, sse_resume, take_connection};
 use crate::config::{UrlTemplate, WebsocketSpec};
 use crate::hub::{Resume, Topic};
 use crate::upstream::UpstreamClient;
@@ -68,6 +69,7 @@ pub async fn serve(
     session: &mut Session,
     mut target: Target,
     spec: &WebsocketSpec,
+    write_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let accepted = match handshake::accept(session.req_header(), spec.deflate) {
@@ -115,16 +117,12 @@ pub async fn serve(
     }
     session.write_response_header(Box::new(response), false).await?;
 
-    // Take the connection out of pingora. What is left behind is a closed placeholder, so
-    // pingora's end-of-request bookkeeping finds nothing to reuse.
-    let mut placeholder = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
-    placeholder.set_keepalive(None);
-    let upgraded = std::mem::replace(&mut session.downstream_session, Box::new(placeholder));
-    let stream = match *upgraded {
+    // Take the connection out of pingora; from here on it is a WebSocket.
+    let stream = match *take_connection(session) {
         ServerSession::H1(http1) => http1.into_inner(),
         _ => return Ok(()),
     };
-    let connection = match Connection::new(stream, accepted.deflate.as_deref(), spec, feed) {
+    let connection = match Connection::new(stream, accepted.deflate.as_deref(), spec, write_timeout, feed) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::warn!("WebSocket setup failed: {error}");

@@ -1,0 +1,218 @@
+//! Slow clients: one that stops reading costs at most its queue limit and delays nobody;
+//! each `on_full` policy does what it says.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use sidestream::hub::{Payload, Topic, TopicKey};
+
+const TOPICS: &str = r#"
+[[topic]]
+name = "state"
+path = "/state"
+mode = "state"
+on_full = "conflate"
+source.push = {}
+queue_max_messages = 100000
+queue_max_bytes = 262144
+
+[[topic]]
+name = "drop"
+path = "/drop"
+mode = "events"
+on_full = "drop_oldest"
+source.push = {}
+queue_max_messages = 20
+history_max_messages = 10000
+
+[[topic]]
+name = "cut"
+path = "/cut"
+mode = "events"
+on_full = "disconnect"
+source.push = {}
+queue_max_messages = 20
+history_max_messages = 10000
+history_max_bytes = 67108864
+"#;
+
+fn payload(n: usize, size: usize) -> Payload {
+    let mut text = format!("{n:06}:");
+    text.push_str(&"x".repeat(size.saturating_sub(text.len())));
+    Payload {
+        data: Bytes::from(text),
+        ..Payload::default()
+    }
+}
+
+fn number(data: &str) -> usize {
+    data[..6].parse().unwrap()
+}
+
+async fn instance(sidecar: &TestSidecar, name: &str, subscribers: usize) -> Arc<Topic> {
+    let key = TopicKey::new(name, vec![]);
+    eventually("subscribers", || {
+        sidecar
+            .registry
+            .get(&key)
+            .is_some_and(|t| t.subscriber_count() == subscribers)
+    })
+    .await;
+    sidecar.registry.get(&key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_delays_nobody_and_costs_at_most_its_queue() {
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
+    let stalled = SseClient::connect_slow(sidecar.port, "/state", &[]).await;
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        readers.push(SseClient::connect(sidecar.port, "/state", &[]).await);
+    }
+    let topic = instance(&sidecar, "state", 101).await;
+    let count = 1000;
+    let reading: Vec<_> = readers
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(count);
+                while seen.len() < count {
+                    seen.push(number(&client.next_event().await.expect("open").data.unwrap()));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut largest_queue = 0;
+    for n in 0..count {
+        topic.publish(payload(n, 1024));
+        largest_queue = largest_queue.max(topic.queue_depth().largest_bytes);
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for reader in reading {
+        let seen = tokio::time::timeout(WAIT, reader)
+            .await
+            .expect("readers finish while one stalls")
+            .unwrap();
+        assert_eq!(seen, (0..count).collect::<Vec<_>>(), "every message, in order");
+    }
+    assert!(
+        largest_queue <= 262_144,
+        "the stalled client's queue stayed within its limit: {largest_queue}"
+    );
+    drop(stalled);
+}
+
+/// Publishes `count` 4 KiB messages while `client` is not reading.
+async fn flood(topic: &Topic, count: usize) {
+    for n in 1..=count {
+        topic.publish(payload(n, 4096));
+        if n % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflate_delivers_the_newest_state() {
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
+    let mut client = SseClient::connect_slow(sidecar.port, "/state", &[]).await;
+    let topic = instance(&sidecar, "state", 1).await;
+    // 8 MiB at a client that is not reading: far more than socket buffers hold.
+    let mut largest_queue = 0;
+    for n in 1..=2000 {
+        topic.publish(payload(n, 4096));
+        largest_queue = largest_queue.max(topic.queue_depth().largest_bytes);
+        if n % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(
+        largest_queue <= 262_144,
+        "queue within queue_max_bytes: {largest_queue}"
+    );
+    assert!(largest_queue > 131_072, "the queue did fill: {largest_queue}");
+    assert!(
+        topic.counters.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "conflations counted"
+    );
+    let mut received = 0;
+    let last = loop {
+        let n = number(&client.next_event().await.unwrap().data.unwrap());
+        received += 1;
+        if n == 2000 {
+            break n;
+        }
+    };
+    assert_eq!(last, 2000, "the newest state arrives");
+    assert!(received < 2000, "older states were skipped ({received} received)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_signals_the_gap() {
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
+    let mut client = SseClient::connect_slow(sidecar.port, "/drop", &[]).await;
+    let topic = instance(&sidecar, "drop", 1).await;
+    flood(&topic, 2000).await;
+    let mut resets = 0;
+    let mut previous = 0;
+    loop {
+        let event = client.next_event().await.unwrap();
+        if event.event.as_deref() == Some("reset") {
+            let notice: serde_json::Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+            assert!(notice["skipped"].as_u64().unwrap() > 0);
+            resets += 1;
+            continue;
+        }
+        let n = number(&event.data.unwrap());
+        assert!(n > previous, "in order");
+        if n != previous + 1 {
+            assert!(
+                resets > 0,
+                "a jump from {previous} to {n} is announced by a reset"
+            );
+        }
+        previous = n;
+        if n == 2000 {
+            break;
+        }
+    }
+    assert!(resets > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_closes_and_the_client_resumes_from_history_without_loss() {
+    let backend = TestBackend::start().await;
+    // A short write deadline: the blocked write to the stalled socket is given up quickly.
+    let sidecar = TestSidecar::start(backend.port, "write_timeout_ms = 500", TOPICS).await;
+    let mut client = SseClient::connect_slow(sidecar.port, "/cut", &[]).await;
+    let topic = instance(&sidecar, "cut", 1).await;
+    flood(&topic, 2000).await;
+    let mut seen = Vec::new();
+    let mut last_id = String::new();
+    while let Some(event) = client.next_event().await {
+        seen.push(number(&event.data.unwrap()));
+        last_id = event.id.unwrap();
+    }
+    assert!(client.ended, "the slow client was disconnected");
+    assert!(seen.len() < 2000);
+    let mut resumed = SseClient::connect(sidecar.port, "/cut", &[("Last-Event-ID", last_id.as_str())]).await;
+    while seen.len() < 2000 {
+        seen.push(number(&resumed.next_event().await.unwrap().data.unwrap()));
+    }
+    assert_eq!(
+        seen,
+        (1..=2000).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+}
