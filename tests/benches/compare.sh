@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Fan-out comparison: sidestream (push source), nginx+nchan and Pushpin through the same
+# fanbench matrix, in one run, one table. Loopback only; every run is bounded.
+#
+#   tests/benches/compare.sh [OUT.jsonl]
+#   PEERS="sidestream nchan" RUNS="sse:1000:100:10" tests/benches/compare.sh
+#
+# Needs: apt-get install -y pushpin nginx-light libnginx-mod-nchan (the peers), and
+# ../shared/bench (fanbench, the peers' start/stop scripts).
+# RUNS: space-separated KIND:N:M:RATE[:deflate]. PEERS: any of "sidestream nchan pushpin".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SHARED=${SIDESTREAM_SHARED:-../shared}
+[ -d "$SHARED/bench" ] || SHARED=/work/shared
+BENCH="$SHARED/bench"
+OUT=${1:-/tmp/sidestream-compare.jsonl}
+LOGDIR=${LOGDIR:-/tmp/sidestream-compare-logs}
+PEERS=${PEERS:-"sidestream nchan pushpin"}
+RUNS=${RUNS:-"sse:1000:100:10 ws:1000:100:10 sse:10000:100:10 ws:10000:100:10 ws:1000:100:10:deflate sse:1000:2000:200"}
+TOKEN="fanbench-publish-token-0123456789"
+COMMON=(--payload-size 100 --settle-ms 2000 --drain-timeout-ms 30000
+        --connect-timeout-ms 10000 --connect-phase-timeout-ms 120000 --max-seconds 400)
+FANBENCH=${FANBENCH_TARGET_DIR:-/tmp/fanbench-target}/release/fanbench
+mkdir -p "$LOGDIR" /tmp/anchors/sidestream
+(cd "$BENCH/fanbench" && cargo build --release -q --target-dir "${FANBENCH_TARGET_DIR:-/tmp/fanbench-target}") || exit 1
+cargo build --release -q --bin sidestream || exit 1
+
+start_sidestream() {
+  RUST_LOG=warn target/release/sidestream --config tests/benches/bench.toml > "$LOGDIR/sidestream.server.log" 2>&1 &
+  echo $! > /tmp/anchors/sidestream/server.pids
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', 8070), 0.2)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+stop_sidestream() {
+  local pid; pid=$(cat /tmp/anchors/sidestream/server.pids 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null
+}
+
+run_one() {
+  local peer=$1 kind=$2 n=$3 m=$4 rate=$5 deflate=${6:-}
+  local label="$peer-$kind-n$n-m$m-r$rate${deflate:+-deflate}"
+  local topic="t$(date +%s%N | tail -c 7)"
+  local path; case $kind in sse) path=sse ;; ws) path=ws ;; longpoll) path=lp ;; esac
+  local args=(--kind "$kind" -n "$n" -m "$m" --rate "$rate" --topic "$topic" --label "$label"
+              --json-out "$OUT" --pids-file "/tmp/anchors/$peer/server.pids" "${COMMON[@]}")
+  [ -n "$deflate" ] && args+=(--ws-deflate)
+  case $peer in
+    sidestream)
+      args+=(--url "http://127.0.0.1:8070/bench/{topic}" --publish-url "http://127.0.0.1:8071/publish/bench/{topic}"
+             --publish-header "Authorization: Bearer $TOKEN")
+      [ "$kind" = sse ] && args+=(--header "Accept: text/event-stream")
+      [ "$kind" = longpoll ] && args+=(--url "http://127.0.0.1:8070/bench/{topic}?wait=60") ;;
+    nchan)
+      args+=(--url "http://127.0.0.1:8090/$path/{topic}"
+             --publish-url "http://127.0.0.1:8090/${deflate:+pubz}${deflate:-pub}/{topic}" --pub-pipeline) ;;
+    pushpin)
+      args+=(--url "http://127.0.0.1:7999/$path/{topic}" --publish-url "http://127.0.0.1:5561/publish/"
+             --publish-body-file "$BENCH/anchors/pushpin/publish-body.json"
+             --publish-content-type application/json --pub-conns 4) ;;
+  esac
+  echo "=== $label  $(date +%T)"
+  case $peer in
+    sidestream) start_sidestream || { echo "sidestream did not start"; stop_sidestream; return; } ;;
+    pushpin) PUSHPIN_WS_DEFLATE=${deflate:+1} "$BENCH/anchors/pushpin/start.sh" > "$LOGDIR/$label.start.log" 2>&1 || { echo "start failed"; "$BENCH/anchors/pushpin/stop.sh" >/dev/null 2>&1; return; } ;;
+    nchan) "$BENCH/anchors/nchan/start.sh" > "$LOGDIR/$label.start.log" 2>&1 || { echo "start failed"; "$BENCH/anchors/nchan/stop.sh" >/dev/null 2>&1; return; } ;;
+  esac
+  sleep 1
+  timeout 600 "$FANBENCH" "${args[@]}" > "$LOGDIR/$label.log" 2>&1
+  echo "    rc=$? $(grep -E '^(delivery|latency):' "$LOGDIR/$label.log" | cut -c1-150 | tr '\n' '|')"
+  case $peer in
+    sidestream) stop_sidestream ;;
+    *) "$BENCH/anchors/$peer/stop.sh" > /dev/null 2>&1 ;;
+  esac
+  sleep 1
+}
+
+for spec in $RUNS; do
+  IFS=: read -r kind n m rate deflate <<< "$spec"
+  for peer in $PEERS; do run_one "$peer" "$kind" "$n" "$m" "$rate" "$deflate"; done
+done
+python3 "$BENCH/fanbench/summarize.py" "$OUT"
+echo "results: $OUT   logs: $LOGDIR"
