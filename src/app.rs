@@ -146,13 +146,22 @@ impl ShutdownSignalWatch for ForwardShutdown {
             return signal;
         }
         tracing::info!(in_flight = self.in_flight.count(), "shutdown requested: draining");
-        if !self.in_flight.wait_idle(self.drain_timeout).await {
-            tracing::warn!(
-                in_flight = self.in_flight.count(),
-                "drain timeout reached; closing the remaining connections"
-            );
+        tokio::select! {
+            idle = self.in_flight.wait_idle(self.drain_timeout) => {
+                if !idle {
+                    tracing::warn!(
+                        in_flight = self.in_flight.count(),
+                        "drain timeout reached; closing the remaining connections"
+                    );
+                }
+                signal
+            }
+            // A second signal (SIGTERM again, or SIGINT) means: now.
+            _ = self.inner.recv() => {
+                tracing::info!("second signal: stopping without waiting for the drain");
+                ShutdownSignal::FastShutdown
+            }
         }
-        signal
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Sidecar {
     client: Arc<UpstreamClient>,
     connect_timeout: Duration,
     shutdown: CancellationToken,
+    /// SSE streams end spread over this much of the drain window.
+    drain_spread: Duration,
     in_flight: Arc<InFlight>,
 }
 
@@ -54,6 +56,9 @@ impl Sidecar {
             client,
             connect_timeout: config.upstream.connect_timeout,
             shutdown,
+            // Half the window: the rest is for the spread clients' final writes and for
+            // requests still in flight.
+            drain_spread: config.server.drain_timeout / 2,
             in_flight,
         }
     }
@@ -74,7 +79,13 @@ impl Sidecar {
             .with_forwarded(router::forwarded_headers(session.req_header(), spec));
         let topic = self.registry.get_or_create(&key, || spec.hub.clone());
         match transport {
-            Transport::Sse => sse::serve(session, topic, spec, &self.shutdown).await,
+            Transport::Sse => {
+                let drain = sse::Drain {
+                    signal: &self.shutdown,
+                    spread: self.drain_spread,
+                };
+                sse::serve(session, topic, spec, &drain).await
+            }
             Transport::LongPoll => long_poll::serve(session, topic, spec, &self.shutdown).await,
             Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
             Transport::Websocket => {

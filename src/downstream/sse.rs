@@ -34,6 +34,13 @@ fn jittered_retry(retry: Duration) -> u64 {
     (ms * rand::random_range(0.8..1.2)).round() as u64
 }
 
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Adds one message to a batch, preceded by a gap notice when messages were dropped.
 fn append(batch: &mut BytesMut, message: &Message, skipped: u64, signal_gaps: bool) {
     if skipped > 0 && signal_gaps {
@@ -63,12 +70,21 @@ pub fn reset_frame(position: Cursor) -> Bytes {
     ))
 }
 
+/// The process-wide drain: its signal, and the window over which streams are ended.
+pub struct Drain<'a> {
+    pub signal: &'a CancellationToken,
+    /// Streams end at a random moment within this window after the signal, so that the
+    /// clients' reconnections (to other pods) are spread rather than a storm.
+    pub spread: Duration,
+}
+
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
     spec: &TopicSpec,
-    shutdown: &CancellationToken,
+    drain: &Drain<'_>,
 ) -> Result<()> {
+    let shutdown = drain.signal;
     let resume = sse_resume(session.req_header());
     let Subscribe {
         reset,
@@ -109,10 +125,23 @@ pub async fn serve(
     }
 
     let mut stalled = false;
+    // Set once the drain starts: when this stream ends. A stream opened during the drain
+    // ends at once.
+    let mut closing_at: Option<Instant> = None;
+    let opened_during_drain = shutdown.is_cancelled();
     let end = loop {
         let step = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => Step::Drain,
+            _ = shutdown.cancelled(), if closing_at.is_none() => {
+                let delay = if opened_during_drain {
+                    Duration::ZERO
+                } else {
+                    drain.spread.mul_f64(rand::random_range(0.0..1.0))
+                };
+                closing_at = Some(Instant::now() + delay);
+                continue;
+            }
+            _ = sleep_until_or_never(closing_at) => Step::Drain,
             // Before deliveries: "fresh again" precedes the first new message.
             Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
             delivery = subscription.recv() => Step::Deliver(delivery),

@@ -117,7 +117,8 @@ impl Registry {
                 _ = ticks.tick() => { self.reap(Instant::now()); }
             }
         }
-        self.close_all();
+        // Subscriptions are not ended here: during a drain each transport ends its own
+        // clients on its own schedule; the app closes what is left when the server stops.
     }
 
     /// Stops every upstream task and ends every subscription.

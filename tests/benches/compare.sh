@@ -57,7 +57,7 @@ run_one() {
       [ "$kind" = longpoll ] && args+=(--url "http://127.0.0.1:8070/bench/{topic}?wait=60") ;;
     nchan)
       args+=(--url "http://127.0.0.1:8090/$path/{topic}"
-             --publish-url "http://127.0.0.1:8090/${deflate:+pubz}${deflate:-pub}/{topic}" --pub-pipeline) ;;
+             --publish-url "http://127.0.0.1:8090/$([ -n "$deflate" ] && echo pubz || echo pub)/{topic}" --pub-pipeline) ;;
     pushpin)
       args+=(--url "http://127.0.0.1:7999/$path/{topic}" --publish-url "http://127.0.0.1:5561/publish/"
              --publish-body-file "$BENCH/anchors/pushpin/publish-body.json"

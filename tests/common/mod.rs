@@ -306,11 +306,16 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
 // The sidecar under test
 // ---------------------------------------------------------------------------------------
 
-struct WatchShutdown(watch::Receiver<bool>);
+/// One graceful stop request per `true` on the watch, like one SIGTERM: a second `recv`
+/// waits for a second signal that never comes.
+struct WatchShutdown(watch::Receiver<bool>, std::sync::atomic::AtomicBool);
 
 #[async_trait]
 impl ShutdownSignalWatch for WatchShutdown {
     async fn recv(&self) -> ShutdownSignal {
+        if self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|stop| *stop).await;
         ShutdownSignal::GracefulTerminate
@@ -345,7 +350,10 @@ impl TestSidecar {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            app.run(Box::new(WatchShutdown(stop_rx)));
+            app.run(Box::new(WatchShutdown(
+                stop_rx,
+                std::sync::atomic::AtomicBool::new(false),
+            )));
             let _ = done_tx.send(());
         });
         let deadline = Instant::now() + WAIT;

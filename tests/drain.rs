@@ -1,0 +1,115 @@
+//! SIGTERM on the real binary: `/ready` turns 503, SSE streams end spread over the drain
+//! window with a `retry:` hint, WebSockets close with 1001, and the process exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::ws::WsClient;
+use common::*;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
+    let backend = TestBackend::start().await;
+    backend.set("/prices/D", Behaviour::Json("{\"p\":1}".into()));
+    let (port, admin_port) = (free_port(), free_port());
+    let config = std::env::temp_dir().join(format!("sidestream-drain-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 200 }}\n",
+            backend.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert_eq!(get(admin_port, "/ready", &[]).await.status, 200);
+
+    let mut sse = Vec::new();
+    for _ in 0..300 {
+        let mut client = SseClient::connect(port, "/prices/D", &[]).await;
+        client.next_event().await.unwrap();
+        sse.push(client);
+    }
+    let mut ws = Vec::new();
+    for _ in 0..50 {
+        let mut client = WsClient::connect(port, "/prices/D", None, &[]).await;
+        client.read_message().await;
+        ws.push(client);
+    }
+
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ready = get(admin_port, "/ready", &[]).await;
+    assert_eq!(ready.status, 503, "not ready once draining");
+
+    let sse_closes: Vec<_> = sse
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut saw_retry = false;
+                while let Some(block) = client.next_block().await {
+                    saw_retry |= block.retry.is_some();
+                }
+                (started.elapsed(), saw_retry)
+            })
+        })
+        .collect();
+    let ws_closes: Vec<_> = ws
+        .into_iter()
+        .map(|mut client| tokio::spawn(async move { (started.elapsed(), client.read_until_close().await) }))
+        .collect();
+    let mut sse_times = Vec::new();
+    for close in sse_closes {
+        let (at, saw_retry) = close.await.unwrap();
+        assert!(saw_retry, "each SSE stream ends with a retry hint");
+        sse_times.push(at);
+    }
+    for close in ws_closes {
+        let (at, code) = close.await.unwrap();
+        assert_eq!(code, Some(1001));
+        assert!(at < Duration::from_secs(5));
+    }
+    sse_times.sort();
+    let last = *sse_times.last().unwrap();
+    assert!(
+        last < Duration::from_secs(5),
+        "all closed within the drain window: {last:?}"
+    );
+    let after_first_second = sse_times.iter().filter(|t| **t > Duration::from_secs(1)).count();
+    assert!(
+        after_first_second > 50,
+        "closes spread over the window, {after_first_second} after 1 s"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "exits within the bound");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    let _ = std::fs::remove_file(config);
+}
