@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -92,7 +94,11 @@ impl App {
             in_flight.clone(),
         );
         let mut proxy = http_proxy_service_with_name(&conf, sidecar, "sidestream");
-        proxy.add_tcp(&self.config.server.listen.to_string());
+        // pingora reads through a 64 KiB buffer per connection by default, which dominated
+        // the memory of an idle push client; requests are small and bodies stream anyway.
+        let buffers =
+            L4BufferSettings::new(self.config.server.read_buffer_bytes, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        proxy.add_listener(ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers));
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
         let admin = Admin::new(&self.config, self.registry.clone(), self.shutdown.clone());

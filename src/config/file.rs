@@ -16,6 +16,7 @@ pub struct RawServer {
     pub admin_listen: Field<String>,
     pub publish_token: Field<String>,
     pub publish_max_body_bytes: Field<i64>,
+    pub read_buffer_bytes: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,
 }

@@ -58,6 +58,8 @@ pub struct ServerSettings {
     /// Bearer token for `/publish`; from the file or `SIDESTREAM_PUBLISH_TOKEN`.
     pub publish_token: Option<String>,
     pub publish_max_body_bytes: usize,
+    /// Read buffer per client connection (pingora's default is 64 KiB).
+    pub read_buffer_bytes: usize,
     /// How long open connections get to finish after SIGTERM (pingora's grace period).
     pub drain_timeout: Duration,
     /// Worker threads of the client-facing service.

@@ -224,6 +224,7 @@ impl<'a> Checker<'a> {
                 "publish_max_body_bytes",
                 1 << 20,
             ),
+            read_buffer_bytes: self.count(&raw.read_buffer_bytes, None, "read_buffer_bytes", 4096),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
         }
