@@ -7,9 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use sidestream::hub::{Payload, Topic, TopicKey};
+use sidestream::hub::{Topic, TopicKey};
 
 const TOPICS: &str = r#"
 [[topic]]
@@ -30,19 +29,6 @@ source.push = {}
 queue_max_messages = 20
 history_max_messages = 10000
 "#;
-
-fn payload(n: usize, size: usize) -> Payload {
-    let mut text = format!("{n:06}:");
-    text.push_str(&"x".repeat(size.saturating_sub(text.len())));
-    Payload {
-        data: Bytes::from(text),
-        ..Payload::default()
-    }
-}
-
-fn number(data: &str) -> usize {
-    data[..6].parse().unwrap()
-}
 
 async fn instance(sidecar: &TestSidecar, name: &str, subscribers: usize) -> Arc<Topic> {
     let key = TopicKey::new(name, vec![]);
@@ -73,7 +59,9 @@ async fn a_client_that_never_reads_delays_nobody_and_costs_at_most_its_queue() {
             tokio::spawn(async move {
                 let mut seen = Vec::with_capacity(count);
                 while seen.len() < count {
-                    seen.push(number(&client.next_event().await.expect("open").data.unwrap()));
+                    seen.push(leading_number(
+                        &client.next_event().await.expect("open").data.unwrap(),
+                    ));
                 }
                 seen
             })
@@ -81,7 +69,7 @@ async fn a_client_that_never_reads_delays_nobody_and_costs_at_most_its_queue() {
         .collect();
     let mut largest_queue = 0;
     for n in 0..count {
-        topic.publish(payload(n, 1024));
+        topic.publish(numbered_payload(n, 1024));
         largest_queue = largest_queue.max(topic.queue_depth().largest_bytes);
         if n % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -104,7 +92,7 @@ async fn a_client_that_never_reads_delays_nobody_and_costs_at_most_its_queue() {
 /// Publishes `count` 4 KiB messages while `client` is not reading.
 async fn flood(topic: &Topic, count: usize) {
     for n in 1..=count {
-        topic.publish(payload(n, 4096));
+        topic.publish(numbered_payload(n, 4096));
         if n % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -120,7 +108,7 @@ async fn conflate_delivers_the_newest_state() {
     // 8 MiB at a client that is not reading: far more than socket buffers hold.
     let mut largest_queue = 0;
     for n in 1..=2000 {
-        topic.publish(payload(n, 4096));
+        topic.publish(numbered_payload(n, 4096));
         largest_queue = largest_queue.max(topic.queue_depth().largest_bytes);
         if n % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -137,7 +125,7 @@ async fn conflate_delivers_the_newest_state() {
     );
     let mut received = 0;
     let last = loop {
-        let n = number(&client.next_event().await.unwrap().data.unwrap());
+        let n = leading_number(&client.next_event().await.unwrap().data.unwrap());
         received += 1;
         if n == 2000 {
             break n;
@@ -164,7 +152,7 @@ async fn drop_oldest_signals_the_gap() {
             resets += 1;
             continue;
         }
-        let n = number(&event.data.unwrap());
+        let n = leading_number(&event.data.unwrap());
         assert!(n > previous, "in order");
         if n != previous + 1 {
             assert!(

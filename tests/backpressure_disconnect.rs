@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use sidestream::hub::{Payload, TopicKey};
+use sidestream::hub::TopicKey;
 
 const TOPICS: &str = r#"
 [[topic]]
@@ -21,19 +20,6 @@ queue_max_messages = 20
 history_max_messages = 30000
 history_max_bytes = 536870912
 "#;
-
-fn payload(n: usize, size: usize) -> Payload {
-    let mut text = format!("{n:06}:");
-    text.push_str(&"x".repeat(size.saturating_sub(text.len())));
-    Payload {
-        data: Bytes::from(text),
-        ..Payload::default()
-    }
-}
-
-fn number(data: &str) -> usize {
-    data[..6].parse().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_closes_and_the_client_resumes_from_history_without_loss() {
@@ -61,26 +47,26 @@ async fn disconnect_closes_and_the_client_resumes_from_history_without_loss() {
     {
         assert!(published < 20_000, "the stalled client was never disconnected");
         published += 1;
-        topic.publish(payload(published, 4096));
+        topic.publish(numbered_payload(published, 4096));
         if published % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     let total = published + 100;
     for n in published + 1..=total {
-        topic.publish(payload(n, 4096));
+        topic.publish(numbered_payload(n, 4096));
     }
     let mut seen = Vec::new();
     let mut last_id = String::new();
     while let Some(event) = client.next_event().await {
-        seen.push(number(&event.data.unwrap()));
+        seen.push(leading_number(&event.data.unwrap()));
         last_id = event.id.unwrap();
     }
     assert!(client.ended, "the slow client was disconnected");
     assert!(seen.len() < total);
     let mut resumed = SseClient::connect(sidecar.port, "/cut", &[("Last-Event-ID", last_id.as_str())]).await;
     while seen.len() < total {
-        seen.push(number(&resumed.next_event().await.unwrap().data.unwrap()));
+        seen.push(leading_number(&resumed.next_event().await.unwrap().data.unwrap()));
     }
     assert_eq!(
         seen,

@@ -203,40 +203,12 @@ impl UpstreamClient {
         headers: &[(String, String)],
         idle_timeout: Duration,
     ) -> Result<UpstreamStream, UpstreamError> {
-        if let Permission::Refused(wait) = self.breaker.permission() {
-            return Err(UpstreamError::CircuitOpen(wait));
-        }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
         let open = async {
-            let target = format!("{}{}", self.backend.path_prefix, path);
-            let (mut session, _reused) = self.connector.get_http_session(&self.peer).await?;
-            let mut request = RequestHeader::build("GET", target.as_bytes(), None)?;
-            for (name, value) in headers {
-                request.append_header(name.clone(), value.as_str())?;
-            }
-            request.insert_header("Host", self.backend.host.as_str())?;
-            request.insert_header("User-Agent", concat!("sidestream/", env!("CARGO_PKG_VERSION")))?;
-            session.write_request_header(Box::new(request)).await?;
-            session.finish_request_body().await?;
-            session.read_response_header().await?;
+            let (mut session, meta) = self.start("GET", path, headers, Bytes::new()).await?;
             session.set_read_timeout(Some(idle_timeout));
-            let meta = ResponseMeta::of(
-                session
-                    .response_header()
-                    .ok_or_else(|| UpstreamError::Request("no response header".into()))?,
-            );
             Ok(UpstreamStream { session, meta })
         };
-        let result = tokio::time::timeout(self.timeout, open)
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))
-            .and_then(|result| result);
-        self.record(result.as_ref().map(|s| s.meta.status));
-        result
+        self.guarded(open, |stream| stream.meta.status).await
     }
 
     async fn send(
@@ -246,6 +218,17 @@ impl UpstreamClient {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.guarded(self.send_unbounded(method, path, headers, body), |r| r.status)
+            .await
+    }
+
+    /// Runs one exchange under the circuit breaker, the concurrency cap and the timeout, and
+    /// tells the breaker how it went.
+    async fn guarded<T>(
+        &self,
+        exchange: impl std::future::Future<Output = Result<T, UpstreamError>>,
+        status: impl Fn(&T) -> u16,
+    ) -> Result<T, UpstreamError> {
         if let Permission::Refused(wait) = self.breaker.permission() {
             return Err(UpstreamError::CircuitOpen(wait));
         }
@@ -254,11 +237,11 @@ impl UpstreamClient {
             .acquire()
             .await
             .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
-        let result = tokio::time::timeout(self.timeout, self.send_unbounded(method, path, headers, body))
+        let result = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))
             .and_then(|result| result);
-        self.record(result.as_ref().map(|r| r.status));
+        self.record(result.as_ref().map(&status));
         result
     }
 
@@ -276,13 +259,14 @@ impl UpstreamClient {
         self.breaker.is_open()
     }
 
-    async fn send_unbounded(
+    /// Sends the request (and its body) and reads the response header.
+    async fn start(
         &self,
         method: &str,
         path: &str,
         headers: &[(String, String)],
         body: Bytes,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    ) -> Result<(pingora_core::protocols::http::client::HttpSession, ResponseMeta), UpstreamError> {
         let target = format!("{}{}", self.backend.path_prefix, path);
         let (mut session, _reused) = self.connector.get_http_session(&self.peer).await?;
         let mut request = RequestHeader::build(method, target.as_bytes(), None)?;
@@ -307,6 +291,17 @@ impl UpstreamClient {
                 .response_header()
                 .ok_or_else(|| UpstreamError::Request("no response header".into()))?,
         );
+        Ok((session, meta))
+    }
+
+    async fn send_unbounded(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let (mut session, meta) = self.start(method, path, headers, body).await?;
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_response_body().await? {
             if body.len() + chunk.len() > self.max_body_bytes {

@@ -26,6 +26,21 @@ use tokio::time::Instant;
 /// The publish token every test sidecar uses.
 pub const PUBLISH_TOKEN: &str = "test-publish-token-0123456789";
 
+/// A payload of `size` bytes that starts with `n` as six digits (see [`leading_number`]).
+pub fn numbered_payload(n: usize, size: usize) -> sidestream::hub::Payload {
+    let mut text = format!("{n:06}:");
+    text.push_str(&"x".repeat(size.saturating_sub(text.len())));
+    sidestream::hub::Payload {
+        data: Bytes::from(text),
+        ..sidestream::hub::Payload::default()
+    }
+}
+
+/// The number a [`numbered_payload`] starts with.
+pub fn leading_number(data: &str) -> usize {
+    data[..6].parse().unwrap()
+}
+
 /// An upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
