@@ -114,3 +114,51 @@ async fn follows_an_event_topic_without_gaps() {
     assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
     assert!(child.wait().await.unwrap().success());
 }
+
+/// The browser WebSocket helper (examples/websocket_client.js) under Node's WebSocket:
+/// messages arrive as envelopes and its cursor follows them.
+#[tokio::test]
+async fn the_websocket_helper_follows_an_event_topic_by_cursor() {
+    let backend = TestBackend::start().await;
+    backend.set("/feed-source", Behaviour::Json("0".into()));
+    let topics = format!("{TOPICS}websocket = {{ envelope = \"json\" }}\n");
+    let sidecar = TestSidecar::start(backend.port, "", &topics).await;
+    get(sidecar.port, "/feed?wait=0", &[]).await;
+    let topic = sidecar.registry.get(&TopicKey::new("feed", vec![])).unwrap();
+    eventually("poller's first message", || topic.cursor().seq == 1).await;
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/websocket_client.js");
+    let script = format!(
+        "const {{ sidestreamWebSocket }} = require({helper:?});
+         let seen = 0;
+         const ws = sidestreamWebSocket('/feed', {{
+           base: 'http://127.0.0.1:{}/',
+           onMessage: (m) => {{ console.log(JSON.stringify({{ id: m.id, data: m.data, cursor: ws.cursor }}));
+                               if (++seen >= 3) {{ ws.close(); process.exit(0); }} }},
+         }});
+         setTimeout(() => process.exit(3), 20000);",
+        sidecar.port
+    );
+    let mut child = Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings", "-e", &script])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed");
+    let mut reader = output(&mut child);
+    eventually("helper connected", || topic.subscriber_count() == 1).await;
+    for n in 1..=3 {
+        topic.publish(Payload {
+            data: Bytes::from(format!("{{\"n\":{n}}}")),
+            ..Payload::default()
+        });
+    }
+    let messages = lines(&mut reader, 3).await;
+    for (index, message) in messages.iter().enumerate() {
+        assert_eq!(message["data"]["n"], index as u64 + 1);
+        assert_eq!(
+            message["cursor"], message["id"],
+            "the helper's cursor follows the ids"
+        );
+    }
+    assert!(child.wait().await.unwrap().success());
+}
