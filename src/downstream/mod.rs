@@ -86,17 +86,19 @@ impl Sidecar {
                 };
                 sse::serve(session, topic, spec, &drain).await
             }
-            Transport::LongPoll => long_poll::serve(session, topic, spec, &self.shutdown).await,
+            // The rarer, larger futures are boxed: a match holds its largest arm inline, and
+            // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
+            Transport::LongPoll => Box::pin(long_poll::serve(session, topic, spec, &self.shutdown)).await,
             Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
             Transport::Websocket => {
                 let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
-                websocket::serve(
+                Box::pin(websocket::serve(
                     session,
                     target,
                     &spec.websocket,
                     spec.write_timeout,
                     &self.shutdown,
-                )
+                ))
                 .await
             }
         }
@@ -121,13 +123,13 @@ impl ProxyHttp for Sidecar {
     async fn request_filter(&self, session: &mut Session, _ctx: &mut InFlightGuard) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
         if let Some(echo) = self.echo.as_ref().filter(|echo| echo.path == path) {
-            websocket::serve(
+            Box::pin(websocket::serve(
                 session,
                 websocket::Target::Echo,
                 &echo.websocket,
                 ECHO_WRITE_TIMEOUT,
                 &self.shutdown,
-            )
+            ))
             .await?;
             return Ok(true);
         }
