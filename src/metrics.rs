@@ -1,33 +1,170 @@
-//! Every process-wide counter, defined in one place. Modules bump them; the admin endpoint
-//! (and tests) read them.
+//! Every metric, defined in one place (Prometheus conventions: `sidestream_` prefix, `_total`
+//! counters, `_seconds` histograms, labels bounded by the config: the topic *name*, never an
+//! instance). Modules record through [`METRICS`]; the admin listener renders it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
-impl Counter {
-    pub const fn new() -> Self {
-        Counter(AtomicU64::new(0))
+pub struct Metrics {
+    registry: Registry,
+    /// Upstream exchanges by outcome: `changed`, `unchanged`, `error`, `timeout`, `circuit_open`.
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub messages_published: IntCounterVec,
+    /// Messages written to clients, by transport.
+    pub deliveries: IntCounterVec,
+    pub bytes_written: IntCounterVec,
+    pub subscribers: IntGaugeVec,
+    /// What slow-client policies did: `dropped` (conflate, drop_oldest) or `disconnected`.
+    pub overflow: IntCounterVec,
+    /// Clients that came back with a cursor: `replayed` from history or told to `reset`.
+    pub resumes: IntCounterVec,
+    pub topic_instances: IntGauge,
+    pub stale_instances: IntGaugeVec,
+    pub queued_bytes: IntGaugeVec,
+    pub websocket_deflate_compressions: IntCounter,
+    /// Bytes into and out of the deflater (`direction` = `in`/`out`): the compression ratio.
+    pub websocket_deflate_bytes: IntCounterVec,
+    pub websocket_inbound_forwarded: IntCounter,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    // The names and labels below are constants; a mistake in them fails every test at once.
+    #[allow(clippy::expect_used)]
+    fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique counter");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry.register(Box::new(metric.clone())).expect("unique gauge");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique counter");
+            metric
+        };
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidestream_upstream_request_duration_seconds",
+                "backend request latency",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["topic"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .expect("unique histogram");
+        let topic_instances =
+            IntGauge::new("sidestream_topic_instances", "live topic instances").expect("valid gauge");
+        registry
+            .register(Box::new(topic_instances.clone()))
+            .expect("unique gauge");
+        Metrics {
+            upstream_requests: counter_vec(
+                "sidestream_upstream_requests_total",
+                "backend exchanges by outcome",
+                &["topic", "outcome"],
+            ),
+            upstream_duration,
+            messages_published: counter_vec(
+                "sidestream_messages_published_total",
+                "messages published into topics",
+                &["topic"],
+            ),
+            deliveries: counter_vec(
+                "sidestream_deliveries_total",
+                "messages written to clients",
+                &["topic", "transport"],
+            ),
+            bytes_written: counter_vec(
+                "sidestream_bytes_written_total",
+                "bytes of messages written to clients",
+                &["transport"],
+            ),
+            subscribers: gauge_vec(
+                "sidestream_subscribers",
+                "clients connected",
+                &["topic", "transport"],
+            ),
+            overflow: counter_vec(
+                "sidestream_slow_client_actions_total",
+                "what slow-client policies did",
+                &["topic", "policy", "action"],
+            ),
+            resumes: counter_vec(
+                "sidestream_resumes_total",
+                "clients resuming with a cursor",
+                &["topic", "outcome"],
+            ),
+            topic_instances,
+            stale_instances: gauge_vec(
+                "sidestream_stale_instances",
+                "topic instances serving stale data (upstream failing)",
+                &["topic"],
+            ),
+            queued_bytes: gauge_vec(
+                "sidestream_queued_bytes",
+                "bytes waiting in subscriber queues",
+                &["topic"],
+            ),
+            websocket_deflate_compressions: counter(
+                "sidestream_websocket_deflate_compressions_total",
+                "permessage-deflate compressions of hub messages (once per message)",
+            ),
+            websocket_deflate_bytes: counter_vec(
+                "sidestream_websocket_deflate_bytes_total",
+                "bytes into and out of permessage-deflate",
+                &["direction"],
+            ),
+            websocket_inbound_forwarded: counter(
+                "sidestream_websocket_inbound_forwarded_total",
+                "client WebSocket messages forwarded to the backend",
+            ),
+            registry,
+        }
     }
 
-    pub fn increment(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn add(&self, amount: u64) {
-        self.0.fetch_add(amount, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot render metrics: {error}");
+        }
+        out
     }
 }
 
-/// permessage-deflate compressions of hub messages (one per message, not per client).
-pub static WEBSOCKET_DEFLATE_COMPRESSIONS: Counter = Counter::new();
-/// WebSocket frames written from the hub's pre-encoded bytes.
-pub static WEBSOCKET_FRAMES_SENT: Counter = Counter::new();
-/// Client messages forwarded to a topic's `inbound` URL.
-pub static WEBSOCKET_INBOUND_FORWARDED: Counter = Counter::new();
+/// Counts one connected client of a transport while it lives.
+pub struct SubscriberGauge(IntGauge);
+
+impl SubscriberGauge {
+    pub fn new(topic: &str, transport: &str) -> Self {
+        let gauge = METRICS.subscribers.with_label_values(&[topic, transport]);
+        gauge.inc();
+        SubscriberGauge(gauge)
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::ws::*;
 use common::*;
 use sidestream::hub::{Payload, TopicKey};
-use sidestream::metrics::WEBSOCKET_DEFLATE_COMPRESSIONS;
+use sidestream::metrics::METRICS;
 
 const TOPIC: &str = r#"
 [[topic]]
@@ -60,7 +60,7 @@ async fn each_message_is_deflated_once_for_all_clients() {
         assert_eq!(small.payload, b"\"small\"");
     }
 
-    let before = WEBSOCKET_DEFLATE_COMPRESSIONS.get();
+    let before = METRICS.websocket_deflate_compressions.get();
     let messages: Vec<String> = (0..5)
         .map(|n| format!("{{\"n\":{n},\"text\":\"{}\"}}", "compressible ".repeat(50)))
         .collect();
@@ -84,7 +84,7 @@ async fn each_message_is_deflated_once_for_all_clients() {
         assert_eq!(frame.text(), *expected);
     }
     assert_eq!(
-        WEBSOCKET_DEFLATE_COMPRESSIONS.get() - before,
+        METRICS.websocket_deflate_compressions.get() - before,
         messages.len() as u64,
         "one compression per message, not per client"
     );

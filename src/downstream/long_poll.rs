@@ -14,6 +14,7 @@ use super::response::{
 };
 use crate::config::TopicSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Topic};
+use crate::metrics::{SubscriberGauge, METRICS};
 
 /// What ends a hold.
 enum Outcome {
@@ -43,7 +44,21 @@ pub async fn serve(
         Ok(cursor) => cursor,
         Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
     };
-    let outcome = hold(session, &topic, cursor, wait, shutdown).await;
+    let outcome = {
+        let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
+        hold(session, &topic, cursor, wait, shutdown).await
+    };
+    if let Outcome::Messages { messages, .. } = &outcome {
+        let delivered = if spec.mode() == Mode::State {
+            1
+        } else {
+            messages.len() as u64
+        };
+        METRICS
+            .deliveries
+            .with_label_values(&[&topic.key().name, "long_poll"])
+            .inc_by(delivered);
+    }
     let mode = spec.mode();
     let (response, body) = match outcome {
         Outcome::ClientGone => {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::response::{sse_resume, take_connection};
 use crate::config::TopicSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Topic};
+use crate::metrics::{SubscriberGauge, METRICS};
 
 /// Bytes gathered into one write when several messages are already queued.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -92,6 +93,10 @@ pub async fn serve(
         subscription,
         ..
     } = topic.subscribe(resume);
+    let topic_name: &str = &topic.key().name;
+    let _connected = SubscriberGauge::new(topic_name, "sse");
+    let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
+    let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
 
     let mut response = ResponseHeader::build(200, Some(5))?;
     response.insert_header("Content-Type", "text/event-stream")?;
@@ -153,21 +158,29 @@ pub async fn serve(
                 // The common case is one message and no gap: its shared frame, no copy.
                 // Otherwise one write for everything already queued, to spare syscalls.
                 let single = skipped == 0 || !signal_gaps;
-                match subscription.try_recv() {
-                    None if single => message.sse_frame.clone(),
+                let chunk = match subscription.try_recv() {
+                    None if single => {
+                        deliveries.inc();
+                        message.sse_frame.clone()
+                    }
                     first_next => {
                         let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
                         append(&mut batch, &message, skipped, signal_gaps);
+                        let mut count = 1;
                         let mut pending = first_next;
                         while let Some(Delivery::Message { message, skipped }) = pending.take() {
                             append(&mut batch, &message, skipped, signal_gaps);
+                            count += 1;
                             if batch.len() < MAX_BATCH_BYTES {
                                 pending = subscription.try_recv();
                             }
                         }
+                        deliveries.inc_by(count);
                         batch.freeze()
                     }
-                }
+                };
+                bytes_written.inc_by(chunk.len() as u64);
+                chunk
             }
             Step::Deliver(Delivery::Closed(CloseReason::Overflow)) => {
                 // The client fell too far behind under the `disconnect` policy: it reconnects

@@ -23,6 +23,17 @@ pub enum OverflowPolicy {
     Disconnect,
 }
 
+impl OverflowPolicy {
+    /// The config spelling, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            OverflowPolicy::Conflate => "conflate",
+            OverflowPolicy::DropOldest => "drop_oldest",
+            OverflowPolicy::Disconnect => "disconnect",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
     pub max_messages: usize,

@@ -12,6 +12,7 @@ use super::cursor::{Cursor, Epoch};
 use super::history::{History, HistoryLimits, Replay};
 use super::message::{Message, Payload};
 use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
+use crate::metrics::METRICS;
 
 /// What a message of the topic means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -218,6 +219,19 @@ impl Topic {
             disconnected += u64::from(counts.disconnected);
         }
         drop(state);
+        let name: &str = &self.key.name;
+        METRICS.messages_published.with_label_values(&[name]).inc();
+        if dropped > 0 || disconnected > 0 {
+            let policy = self.settings.on_full.name();
+            METRICS
+                .overflow
+                .with_label_values(&[name, policy, "dropped"])
+                .inc_by(dropped);
+            METRICS
+                .overflow
+                .with_label_values(&[name, policy, "disconnected"])
+                .inc_by(disconnected);
+        }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.counters
@@ -275,6 +289,13 @@ impl Topic {
         let queue = Arc::new(SubscriberQueue::new(self.settings.queue, self.settings.on_full));
         let mut state = self.lock();
         let (reset, backlog) = self.backlog_for(&state.history, resume);
+        if resume != Resume::Latest {
+            let outcome = if reset.is_some() { "reset" } else { "replayed" };
+            METRICS
+                .resumes
+                .with_label_values(&[&self.key.name, outcome])
+                .inc();
+        }
         let start = state.history.cursor();
         let id = state.next_subscriber_id;
         state.next_subscriber_id += 1;

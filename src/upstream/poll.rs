@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::client::{UpstreamClient, UpstreamResponse, Validators};
+use super::client::{UpstreamClient, UpstreamError, UpstreamResponse, Validators};
 use crate::hub::{Payload, Topic};
+use crate::metrics::METRICS;
 
 /// What one poll response means for the topic.
 #[derive(Debug)]
@@ -102,6 +103,7 @@ impl PollTask {
         let mut detector = ChangeDetector::new(self.event.clone());
         tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
         loop {
+            let started = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => break,
                 outcome = self.client.get(&self.url, detector.validators(), &self.topic.key().forwarded) => outcome,
@@ -112,10 +114,30 @@ impl PollTask {
                 .ok()
                 .and_then(|r| r.min_interval)
                 .unwrap_or_default();
+            let topic_name: &str = &self.topic.key().name;
+            METRICS
+                .upstream_duration
+                .with_label_values(&[topic_name])
+                .observe(started.elapsed().as_secs_f64());
+            let error_outcome = match &outcome {
+                Err(UpstreamError::Timeout(_)) => Some("timeout"),
+                Err(UpstreamError::CircuitOpen(_)) => Some("circuit_open"),
+                Err(_) => Some("error"),
+                Ok(_) => None,
+            };
             let observation = match outcome {
                 Ok(response) => detector.observe(response),
                 Err(error) => Observation::Failed(error.to_string()),
             };
+            let label = error_outcome.unwrap_or(match &observation {
+                Observation::Changed(_) => "changed",
+                Observation::Unchanged => "unchanged",
+                Observation::Failed(_) => "error",
+            });
+            METRICS
+                .upstream_requests
+                .with_label_values(&[topic_name, label])
+                .inc();
             let delay = match observation {
                 Observation::Changed(payload) => {
                     self.topic.record_upstream_success();

@@ -17,7 +17,7 @@ use yawc::{Options, Role, WebSocket, WebSocketError};
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
 use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscription};
-use crate::metrics::{WEBSOCKET_FRAMES_SENT, WEBSOCKET_INBOUND_FORWARDED};
+use crate::metrics::{SubscriberGauge, METRICS};
 use crate::upstream::UpstreamClient;
 
 /// How long to wait for the client's half of a close handshake.
@@ -88,6 +88,13 @@ impl Connection {
     }
 
     pub async fn run(mut self, shutdown: &CancellationToken) {
+        let _connected = match &self.feed {
+            Feed::Topic { subscribed, .. } => Some(SubscriberGauge::new(
+                &subscribed.subscription.topic().key().name,
+                "websocket",
+            )),
+            Feed::Echo => None,
+        };
         if self.send_backlog().await.is_err() {
             return;
         }
@@ -201,7 +208,18 @@ impl Connection {
         };
         match tokio::time::timeout(self.write_timeout, write).await {
             Ok(result) => {
-                WEBSOCKET_FRAMES_SENT.add(frames.len() as u64);
+                if let Feed::Topic { subscribed, .. } = &self.feed {
+                    let topic: &str = &subscribed.subscription.topic().key().name;
+                    METRICS
+                        .deliveries
+                        .with_label_values(&[topic, "websocket"])
+                        .inc_by(frames.len() as u64);
+                }
+                let bytes: usize = frames.iter().map(Bytes::len).sum();
+                METRICS
+                    .bytes_written
+                    .with_label_values(&["websocket"])
+                    .inc_by(bytes as u64);
                 result
             }
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -331,7 +349,7 @@ async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes>
     };
     let mut headers = inbound.headers.clone();
     headers.push(("Content-Type".to_string(), content_type.to_string()));
-    WEBSOCKET_INBOUND_FORWARDED.increment();
+    METRICS.websocket_inbound_forwarded.inc();
     match inbound.client.post(&inbound.url, &headers, payload).await {
         Ok(response) if (200..300).contains(&response.status) && !response.body.is_empty() => {
             Some(response.body)
