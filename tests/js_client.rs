@@ -119,6 +119,20 @@ async fn follows_an_event_topic_without_gaps() {
 /// messages arrive as envelopes and its cursor follows them.
 #[tokio::test]
 async fn the_websocket_helper_follows_an_event_topic_by_cursor() {
+    // Node has a WebSocket client from 20.10 (behind this flag until 22); Debian 12's Node 18
+    // has none, and then there is nothing to run the helper on.
+    let supported = std::process::Command::new("node")
+        .args([
+            "--experimental-websocket",
+            "-e",
+            "if (typeof WebSocket !== 'function') process.exit(1)",
+        ])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !supported {
+        eprintln!("SKIPPED: this Node has no WebSocket client (needs Node >= 20.10)");
+        return;
+    }
     let backend = TestBackend::start().await;
     backend.set("/feed-source", Behaviour::Json("0".into()));
     let topics = format!("{TOPICS}websocket = {{ envelope = \"json\" }}\n");
