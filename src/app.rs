@@ -12,11 +12,15 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_proxy::http_proxy_service_with_name;
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::downstream::in_flight::InFlight;
+use crate::downstream::router::TopicTable;
 use crate::downstream::Sidecar;
 use crate::hub::Registry;
+use crate::reload::Reloader;
 use crate::upstream::{Backend, SourceLauncher, UpstreamClient};
 
 /// How often idle topic instances are looked for.
@@ -35,8 +39,12 @@ pub enum AppError {
 pub struct App {
     config: Config,
     client: Arc<UpstreamClient>,
+    launcher: Arc<SourceLauncher>,
+    topics: Arc<TopicTable>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
+    /// The file SIGHUP re-reads; `None`: no hot reload.
+    config_path: Option<PathBuf>,
 }
 
 impl App {
@@ -52,13 +60,22 @@ impl App {
             client.clone(),
             config.upstream.clone(),
         ));
-        let registry = Arc::new(Registry::new(launcher, shutdown.clone()));
+        let registry = Arc::new(Registry::new(launcher.clone(), shutdown.clone()));
         Ok(App {
+            topics: Arc::new(TopicTable::new(config.topics.clone())),
             config,
             client,
+            launcher,
             registry,
             shutdown,
+            config_path: None,
         })
+    }
+
+    /// Reload topics from `path` on SIGHUP.
+    pub fn with_reload(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// The hub's topic instances (for tests and admin).
@@ -88,6 +105,7 @@ impl App {
         let in_flight = Arc::new(InFlight::default());
         let sidecar = Sidecar::new(
             &self.config,
+            self.topics.clone(),
             self.registry.clone(),
             self.client.clone(),
             self.shutdown.clone(),
@@ -101,7 +119,25 @@ impl App {
         proxy.add_listener(ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers));
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
-        let admin = Admin::new(&self.config, self.registry.clone(), self.shutdown.clone());
+        let admin = Admin::new(
+            &self.config,
+            self.topics.clone(),
+            self.registry.clone(),
+            self.shutdown.clone(),
+        );
+        if let Some(path) = &self.config_path {
+            let reloader = Reloader::new(
+                path.clone(),
+                self.config.clone(),
+                self.topics.clone(),
+                self.launcher.clone(),
+                self.registry.clone(),
+            );
+            server.add_service(background_service(
+                "reload",
+                ReloadService(reloader, self.shutdown.clone()),
+            ));
+        }
         let mut admin =
             pingora_core::services::listening::Service::new("sidestream admin".to_string(), admin);
         admin.add_tcp(&self.config.server.admin_listen.to_string());
@@ -119,6 +155,15 @@ impl App {
         self.shutdown.cancel();
         self.registry.close_all();
         tracing::info!("sidestream stopped");
+    }
+}
+
+struct ReloadService(Reloader, CancellationToken);
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.run(self.1.clone()).await;
     }
 }
 

@@ -44,4 +44,5 @@ pub mod config;
 pub mod downstream;
 pub mod hub;
 pub mod metrics;
+pub mod reload;
 pub mod upstream;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     }
     match sidestream::app::App::build(config) {
         Ok(app) => {
+            let app = app.with_reload(cli.config.clone());
             app.run(Box::new(sidestream::app::UnixSignals));
             ExitCode::SUCCESS
         }

@@ -14,11 +14,11 @@ use pingora_core::protocols::http::ServerSession;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::downstream::router::Router;
+use crate::downstream::router::TopicTable;
 use crate::hub::Registry;
 
 pub struct Admin {
-    router: Router,
+    topics: Arc<TopicTable>,
     registry: Arc<Registry>,
     publish_token: Option<String>,
     publish_max_body_bytes: usize,
@@ -26,9 +26,14 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(config: &Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        config: &Config,
+        topics: Arc<TopicTable>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Admin {
-            router: Router::new(config.topics.clone()),
+            topics,
             registry,
             publish_token: config.server.publish_token.clone(),
             publish_max_body_bytes: config.server.publish_max_body_bytes,

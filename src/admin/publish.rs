@@ -68,7 +68,8 @@ pub async fn handle(admin: &Admin, session: &mut ServerSession, topic_path: &str
     if !same_secret(given.trim().as_bytes(), expected.as_bytes()) {
         return unauthorized("wrong publish token");
     }
-    let Some(route) = admin.router.route(topic_path) else {
+    let router = admin.topics.current();
+    let Some(route) = router.route(topic_path) else {
         return text(404, &format!("no topic has the path {topic_path}"));
     };
     if !matches!(route.spec.source, SourceSpec::Push) {

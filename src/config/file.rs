@@ -36,7 +36,7 @@ pub struct RawUpstream {
 }
 
 /// Client-facing transports a topic can offer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     Sse,

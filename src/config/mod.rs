@@ -5,7 +5,7 @@ mod file;
 pub mod template;
 mod validate;
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,7 +93,7 @@ pub struct TopicSpec {
     pub source: SourceSpec,
     /// SSE event name of this topic's messages (`None` = the default `message`).
     pub event: Option<Arc<str>>,
-    pub transports: HashSet<Transport>,
+    pub transports: BTreeSet<Transport>,
     pub hub: TopicSettings,
     pub keepalive: Duration,
     pub retry: Duration,

@@ -1,6 +1,6 @@
 //! One pass over the whole file that collects every problem before giving up.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -744,7 +744,7 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn transports(&mut self, raw: &RawTopic, defaults: &RawDefaults) -> HashSet<Transport> {
+    fn transports(&mut self, raw: &RawTopic, defaults: &RawDefaults) -> BTreeSet<Transport> {
         let all = [
             Transport::Sse,
             Transport::LongPoll,

@@ -23,14 +23,14 @@ use crate::hub::Registry;
 use crate::upstream::UpstreamClient;
 use in_flight::{InFlight, InFlightGuard};
 use response::respond_reason;
-use router::{choose_transport, Route, Router};
+use router::{choose_transport, Route, TopicTable};
 
 /// The echo route has no topic settings; its writes get this long.
 const ECHO_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The client-facing application: one pingora proxy service.
 pub struct Sidecar {
-    router: Router,
+    topics: Arc<TopicTable>,
     echo: Option<EchoSpec>,
     registry: Arc<Registry>,
     client: Arc<UpstreamClient>,
@@ -44,13 +44,14 @@ pub struct Sidecar {
 impl Sidecar {
     pub fn new(
         config: &Config,
+        topics: Arc<TopicTable>,
         registry: Arc<Registry>,
         client: Arc<UpstreamClient>,
         shutdown: CancellationToken,
         in_flight: Arc<InFlight>,
     ) -> Self {
         Sidecar {
-            router: Router::new(config.topics.clone()),
+            topics,
             echo: config.websocket_echo.clone(),
             registry,
             client,
@@ -133,7 +134,8 @@ impl ProxyHttp for Sidecar {
             .await?;
             return Ok(true);
         }
-        let Some(route) = self.router.route(&path) else {
+        let router = self.topics.current();
+        let Some(route) = router.route(&path) else {
             return Ok(false);
         };
         self.serve_topic(session, route).await?;

@@ -19,6 +19,27 @@ pub struct Router {
     topics: Vec<TopicSpec>,
 }
 
+/// The current topics, swappable by a reload while requests keep reading the old ones they
+/// started with.
+pub struct TopicTable(std::sync::RwLock<Arc<Router>>);
+
+impl TopicTable {
+    pub fn new(topics: Vec<TopicSpec>) -> Self {
+        TopicTable(std::sync::RwLock::new(Arc::new(Router::new(topics))))
+    }
+
+    pub fn current(&self) -> Arc<Router> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, topics: Vec<TopicSpec>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Router::new(topics));
+    }
+}
+
 impl Router {
     pub fn new(topics: Vec<TopicSpec>) -> Self {
         Router { topics }

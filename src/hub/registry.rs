@@ -121,6 +121,20 @@ impl Registry {
         // clients on its own schedule; the app closes what is left when the server stops.
     }
 
+    /// Removes every instance of the topic `name` (a reload removed or changed it): their
+    /// upstreams stop and their clients are told to go away (and reconnect).
+    pub fn close_topic(&self, name: &str) -> usize {
+        let mut topics = self.lock();
+        let keys: Vec<TopicKey> = topics.keys().filter(|k| &*k.name == name).cloned().collect();
+        for key in &keys {
+            if let Some(entry) = topics.remove(key) {
+                entry.stop.cancel();
+                entry.topic.close();
+            }
+        }
+        keys.len()
+    }
+
     /// Stops every upstream task and ends every subscription.
     pub fn close_all(&self) {
         for (_, entry) in self.lock().drain() {

@@ -21,7 +21,7 @@ use stream::StreamTask;
 
 /// Starts the right source task for each new topic instance.
 pub struct SourceLauncher {
-    topics: HashMap<Arc<str>, TopicSpec>,
+    topics: std::sync::RwLock<HashMap<Arc<str>, TopicSpec>>,
     client: Arc<UpstreamClient>,
     settings: UpstreamSettings,
 }
@@ -29,16 +29,33 @@ pub struct SourceLauncher {
 impl SourceLauncher {
     pub fn new(topics: &[TopicSpec], client: Arc<UpstreamClient>, settings: UpstreamSettings) -> Self {
         SourceLauncher {
-            topics: topics.iter().map(|t| (t.name.clone(), t.clone())).collect(),
+            topics: std::sync::RwLock::new(topics.iter().map(|t| (t.name.clone(), t.clone())).collect()),
             client,
             settings,
         }
     }
 }
 
+impl SourceLauncher {
+    /// New instances start from these specs (a reload).
+    pub fn update(&self, topics: &[TopicSpec]) {
+        *self
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    }
+}
+
 impl UpstreamLauncher for SourceLauncher {
     fn launch(&self, topic: Arc<Topic>, stop: CancellationToken) {
-        let Some(spec) = self.topics.get(&topic.key().name) else {
+        let spec = self
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&topic.key().name)
+            .cloned();
+        let Some(spec) = spec else {
             tracing::error!(topic = %topic.key(), "no source configured for topic");
             return;
         };

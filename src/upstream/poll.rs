@@ -140,25 +140,33 @@ impl PollTask {
                 .inc();
             let delay = match observation {
                 Observation::Changed(payload) => {
-                    self.topic.record_upstream_success();
+                    self.recovered();
                     self.topic.publish(payload);
-                    self.backoff.reset();
                     self.next_interval()
                 }
                 Observation::Unchanged => {
-                    self.topic.record_upstream_success();
-                    self.backoff.reset();
+                    self.recovered();
                     self.next_interval()
                 }
                 Observation::Failed(reason) => {
                     let delay = self.backoff.next_delay();
-                    tracing::warn!(
-                        topic = %self.topic.key(),
-                        url = %self.url,
-                        failures = self.backoff.failures(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "poll failed, serving last good state: {reason}"
-                    );
+                    // One line per state change: the first failure says "backing off"; the
+                    // retries that follow are debug-level.
+                    if self.backoff.failures() == 1 {
+                        tracing::warn!(
+                            topic = %self.topic.key(),
+                            url = %self.url,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "poll failed, backing off and serving the last good state: {reason}"
+                        );
+                    } else {
+                        tracing::debug!(
+                            topic = %self.topic.key(),
+                            failures = self.backoff.failures(),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "poll failed again: {reason}"
+                        );
+                    }
                     self.topic.record_upstream_failure(reason);
                     delay
                 }
@@ -170,6 +178,19 @@ impl PollTask {
             }
         }
         tracing::debug!(topic = %self.topic.key(), "poller stopped");
+    }
+
+    /// A good answer: resets the backoff, and says so once if the upstream was failing.
+    fn recovered(&mut self) {
+        if self.backoff.failures() > 0 {
+            tracing::info!(
+                topic = %self.topic.key(),
+                failures = self.backoff.failures(),
+                "upstream recovered"
+            );
+        }
+        self.topic.record_upstream_success();
+        self.backoff.reset();
     }
 
     fn next_interval(&self) -> Duration {
