@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::path::PathBuf;
 
+use crate::admin::health::Readiness;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::downstream::in_flight::InFlight;
@@ -119,10 +120,20 @@ impl App {
         proxy.add_listener(ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers));
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
+        let readiness = Readiness::new(self.config.server.ready_grace);
+        server.add_service(background_service(
+            "eager topics",
+            EagerTopics {
+                topics: self.config.topics.iter().filter(|t| t.eager).cloned().collect(),
+                registry: self.registry.clone(),
+                readiness: readiness.clone(),
+            },
+        ));
         let admin = Admin::new(
             &self.config,
             self.topics.clone(),
             self.registry.clone(),
+            readiness,
             self.shutdown.clone(),
         );
         if let Some(path) = &self.config_path {
@@ -155,6 +166,27 @@ impl App {
         self.shutdown.cancel();
         self.registry.close_all();
         tracing::info!("sidestream stopped");
+    }
+}
+
+/// Starts the eager topics' instances (and so their upstreams) at boot, on this service's
+/// runtime, and hands them to `/ready`.
+struct EagerTopics {
+    topics: Vec<crate::config::TopicSpec>,
+    registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl BackgroundService for EagerTopics {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for spec in &self.topics {
+            let key = crate::hub::TopicKey::new(spec.name.clone(), Vec::new());
+            let topic = self.registry.get_or_create_pinned(&key, || spec.hub.clone());
+            self.readiness.watch(topic);
+        }
+        // The upstream tasks run on this runtime: keep it until shutdown.
+        let _ = shutdown.changed().await;
     }
 }
 

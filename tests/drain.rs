@@ -39,6 +39,10 @@ async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
+    eventually("admin listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+    })
+    .await;
     assert_eq!(get(admin_port, "/ready", &[]).await.status, 200);
 
     let mut sse = Vec::new();
@@ -60,8 +64,12 @@ async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
         .status()
         .unwrap();
     assert!(status.success());
-    let ready = get(admin_port, "/ready", &[]).await;
-    assert_eq!(ready.status, 503, "not ready once draining");
+    // The signal is handled asynchronously: /ready turns 503 within a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get(admin_port, "/ready", &[]).await.status != 503 {
+        assert!(Instant::now() < deadline, "not ready once draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let sse_closes: Vec<_> = sse
         .into_iter()

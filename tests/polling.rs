@@ -293,6 +293,8 @@ async fn a_client_that_leaves_a_held_poll_frees_it_at_once() {
     let (_backend, sidecar) = setup().await;
     get(sidecar.port, "/feed?wait=0", &[]).await;
     let topic = sidecar.registry.get(&key("feed", &[])).unwrap();
+    // After the poller's first message nothing new comes, so the poll below stays held.
+    eventually("poller's first message", || topic.cursor().seq >= 1).await;
     let mut stream = tokio::net::TcpStream::connect(sidecar.addr()).await.unwrap();
     stream
         .write_all(b"GET /feed?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -1,7 +1,7 @@
 //! The admin listener: `/live`, `/ready`, `/metrics`, and `/publish/{topic path}` for push
 //! topics. A separate port, meant for the pod's network only.
 
-mod health;
+pub mod health;
 mod metrics;
 mod publish;
 
@@ -18,6 +18,7 @@ use crate::downstream::router::TopicTable;
 use crate::hub::Registry;
 
 pub struct Admin {
+    readiness: Arc<health::Readiness>,
     topics: Arc<TopicTable>,
     registry: Arc<Registry>,
     publish_token: Option<String>,
@@ -30,9 +31,11 @@ impl Admin {
         config: &Config,
         topics: Arc<TopicTable>,
         registry: Arc<Registry>,
+        readiness: Arc<health::Readiness>,
         shutdown: CancellationToken,
     ) -> Self {
         Admin {
+            readiness,
             topics,
             registry,
             publish_token: config.server.publish_token.clone(),
@@ -65,7 +68,7 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/live") => health::live(),
-            ("GET" | "HEAD", "/ready") => health::ready(&self.shutdown),
+            ("GET" | "HEAD", "/ready") => health::ready(&self.shutdown, &self.readiness),
             ("GET", "/metrics") => metrics::render(&self.registry),
             ("POST", publish_path) if publish_path.starts_with("/publish/") => {
                 publish::handle(self, session, &publish_path["/publish".len()..]).await

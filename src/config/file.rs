@@ -17,6 +17,7 @@ pub struct RawServer {
     pub publish_token: Field<String>,
     pub publish_max_body_bytes: Field<i64>,
     pub read_buffer_bytes: Field<i64>,
+    pub ready_grace_ms: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,
 }
@@ -78,6 +79,7 @@ with_tunables!(RawTopic {
     event: Field<String>,
     websocket: Field<RawWebsocket>,
     forward_headers: Field<Vec<Spanned<String>>>,
+    eager: Field<bool>,
 });
 
 #[derive(Debug, Default, Deserialize)]

@@ -58,6 +58,8 @@ pub struct ServerSettings {
     /// Bearer token for `/publish`; from the file or `SIDESTREAM_PUBLISH_TOKEN`.
     pub publish_token: Option<String>,
     pub publish_max_body_bytes: usize,
+    /// `/ready` waits at most this long for eager topics' first upstream results.
+    pub ready_grace: Duration,
     /// Read buffer per client connection (pingora's default is 64 KiB).
     pub read_buffer_bytes: usize,
     /// How long open connections get to finish after SIGTERM (pingora's grace period).
@@ -104,6 +106,8 @@ pub struct TopicSpec {
     /// Request headers sent upstream and made part of the topic instance's identity, so
     /// clients with different credentials never share an upstream or its data.
     pub forward_headers: Vec<String>,
+    /// Started at boot (not on first client); `/ready` waits for its first upstream result.
+    pub eager: bool,
 }
 
 impl TopicSpec {

@@ -225,6 +225,7 @@ impl<'a> Checker<'a> {
                 1 << 20,
             ),
             read_buffer_bytes: self.count(&raw.read_buffer_bytes, None, "read_buffer_bytes", 4096),
+            ready_grace: self.duration_ms(&raw.ready_grace_ms, None, "ready_grace_ms", 10_000, true),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
         }
@@ -417,6 +418,7 @@ impl<'a> Checker<'a> {
                 true,
             ),
         };
+        let path_has_variables = path.as_ref().is_some_and(|p| !p.variables().is_empty());
         let websocket = self.websocket(raw.websocket.as_ref(), path.as_ref(), 1 << 20);
         let keepalive = self.duration_ms(
             &raw.keepalive_ms,
@@ -458,7 +460,24 @@ impl<'a> Checker<'a> {
             ),
             websocket: websocket?,
             forward_headers: self.forward_headers(raw),
+            eager: self.eager(raw, path_has_variables),
         })
+    }
+
+    /// An eager topic is one instance known at boot, so its path has no variables.
+    fn eager(&mut self, raw: &RawTopic, path_has_variables: bool) -> bool {
+        match &raw.eager {
+            Some(eager) if *eager.get_ref() && path_has_variables => {
+                self.error(
+                    eager.span(),
+                    "`eager` needs a path without variables",
+                    Some("instances of a templated path are only known when a client asks".into()),
+                );
+                false
+            }
+            Some(eager) => *eager.get_ref(),
+            None => false,
+        }
     }
 
     fn forward_headers(&mut self, raw: &RawTopic) -> Vec<String> {

@@ -22,6 +22,8 @@ pub trait UpstreamLauncher: Send + Sync {
 struct Entry {
     topic: Arc<Topic>,
     stop: CancellationToken,
+    /// Eager instances stay even without clients.
+    pinned: bool,
 }
 
 pub struct Registry {
@@ -59,11 +61,25 @@ impl Registry {
             Entry {
                 topic: topic.clone(),
                 stop: stop.clone(),
+                pinned: false,
             },
         );
         drop(topics);
         tracing::debug!(topic = %key, "topic instance created");
         self.launcher.launch(topic.clone(), stop);
+        topic
+    }
+
+    /// Like [`Registry::get_or_create`], and the instance is never reaped for being idle.
+    pub fn get_or_create_pinned(
+        &self,
+        key: &TopicKey,
+        settings: impl FnOnce() -> TopicSettings,
+    ) -> Arc<Topic> {
+        let topic = self.get_or_create(key, settings);
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.pinned = true;
+        }
         topic
     }
 
@@ -90,10 +106,11 @@ impl Registry {
         let idle: Vec<TopicKey> = topics
             .iter()
             .filter(|(_, entry)| {
-                entry
-                    .topic
-                    .idle_for(now)
-                    .is_some_and(|idle| idle >= entry.topic.settings().idle_linger)
+                !entry.pinned
+                    && entry
+                        .topic
+                        .idle_for(now)
+                        .is_some_and(|idle| idle >= entry.topic.settings().idle_linger)
             })
             .map(|(key, _)| key.clone())
             .collect();
