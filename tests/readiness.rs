@@ -65,6 +65,20 @@ async fn ready_waits_for_the_first_upstream_result_of_eager_topics() {
     // And the state is there for the first client, without waiting.
     assert_eq!(get(port, "/e", &[]).await.text(), "{\"ok\":true}");
 
+    // The binary's /metrics is valid Prometheus text and saw the boot-time polls.
+    let metrics = get(admin_port, "/metrics", &[]).await.text();
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let polls: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "sidestream_upstream_requests_total" && s.labels.get("topic") == Some("e"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(polls >= 2.0, "{polls} upstream requests counted");
+
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
