@@ -56,12 +56,22 @@ impl StreamTask {
                 }
                 End::Failed(reason) => {
                     let delay = self.backoff.next_delay().max(retry_hint.unwrap_or_default());
-                    tracing::warn!(
-                        topic = %self.topic.key(),
-                        url = %self.url,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "upstream stream failed, serving last good data: {reason}"
-                    );
+                    // One line per state change; further failed reconnects are debug-level.
+                    if self.backoff.failures() == 1 {
+                        tracing::warn!(
+                            topic = %self.topic.key(),
+                            url = %self.url,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "upstream stream failed, backing off and serving the last good data: {reason}"
+                        );
+                    } else {
+                        tracing::debug!(
+                            topic = %self.topic.key(),
+                            failures = self.backoff.failures(),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "upstream stream failed again: {reason}"
+                        );
+                    }
                     self.topic.record_upstream_failure(reason);
                     delay
                 }
@@ -108,6 +118,9 @@ impl StreamTask {
         } else {
             Format::EventStream(EventStreamParser::resuming(last_event_id.clone()))
         };
+        if self.backoff.failures() > 0 {
+            tracing::info!(topic = %self.topic.key(), failures = self.backoff.failures(), "upstream stream recovered");
+        }
         self.backoff.reset();
         self.topic.record_upstream_success();
         loop {
