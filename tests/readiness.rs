@@ -79,13 +79,6 @@ async fn ready_waits_for_the_first_upstream_result_of_eager_topics() {
         .sum();
     assert!(polls >= 2.0, "{polls} upstream requests counted");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "exits");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    terminate(&mut child).await;
     let _ = std::fs::remove_file(config);
 }

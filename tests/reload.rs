@@ -107,14 +107,7 @@ async fn sighup_adds_removes_and_keeps_unchanged_clients() {
     assert_eq!(next.data.as_deref(), Some("{\"a\":2}"));
     assert!(next.id.unwrap().ends_with("-2"), "same instance, next message");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "exits");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    terminate(&mut child).await;
     let _ = std::fs::remove_file(config);
     let _ = std::fs::remove_file(log);
 }

@@ -7,6 +7,7 @@ pub mod message;
 pub mod registry;
 pub mod subscriber;
 pub mod topic;
+pub mod topic_key;
 pub mod websocket_frame;
 
 pub use cursor::{Cursor, CursorParseError, Epoch};
@@ -14,5 +15,6 @@ pub use history::HistoryLimits;
 pub use message::{Message, Payload};
 pub use registry::{Registry, UpstreamLauncher};
 pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
-pub use topic::{Mode, Published, Resume, Subscribe, Subscription, Topic, TopicKey, TopicSettings};
+pub use topic::{Mode, Published, Resume, Subscribe, Subscription, Topic, TopicSettings};
+pub use topic_key::TopicKey;
 pub use websocket_frame::Envelope;

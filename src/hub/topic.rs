@@ -1,7 +1,6 @@
 //! One topic instance: its history and cursor, its latest state, and its subscribers.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use super::cursor::{Cursor, Epoch};
 use super::history::{History, HistoryLimits, Replay};
 use super::message::{Message, Payload};
 use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
+pub use super::topic_key::TopicKey;
 use crate::metrics::METRICS;
 
 /// What a message of the topic means.
@@ -33,55 +33,6 @@ pub struct TopicSettings {
     pub on_full: OverflowPolicy,
     /// How long an instance without subscribers (or requests) is kept before it is reaped.
     pub idle_linger: Duration,
-}
-
-/// Identifies a topic instance: the topic's name, the values of its path variables, and
-/// the forwarded request headers (credentials) it was opened with, so that two identities
-/// never share an instance.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct TopicKey {
-    pub name: Arc<str>,
-    pub params: Vec<String>,
-    /// `(header, value)` pairs sent upstream for this instance. Never printed.
-    pub forwarded: Vec<(String, String)>,
-}
-
-impl TopicKey {
-    pub fn new(name: impl Into<Arc<str>>, params: Vec<String>) -> Self {
-        TopicKey {
-            name: name.into(),
-            params,
-            forwarded: Vec::new(),
-        }
-    }
-
-    pub fn with_forwarded(mut self, forwarded: Vec<(String, String)>) -> Self {
-        self.forwarded = forwarded;
-        self
-    }
-}
-
-impl fmt::Display for TopicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)?;
-        for param in &self.params {
-            write!(f, "/{param}")?;
-        }
-        if !self.forwarded.is_empty() {
-            // A short digest tells identities apart in logs without showing credentials.
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            self.forwarded.hash(&mut hasher);
-            write!(f, "[identity {:08x}]", hasher.finish() as u32)?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for TopicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TopicKey({self})")
-    }
 }
 
 /// Where a new subscriber wants to start.

@@ -41,6 +41,24 @@ pub fn leading_number(data: &str) -> usize {
     data[..6].parse().unwrap()
 }
 
+/// Sends SIGTERM to a spawned sidestream and waits (bounded) for it to exit.
+pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process exits within the bound"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,471 @@
+//! The `[[topic]]` half of validation: names, paths, sources, tunables, WebSocket settings.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::super::file::{RawDefaults, RawPoll, RawSource, RawTesting, RawTopic, RawWebsocket, Transport};
+use super::super::template::{PathTemplate, UrlTemplate};
+use super::super::{EchoSpec, PollSpec, SourceSpec, StreamSpec, TopicSpec, WebsocketSpec};
+use super::Checker;
+use crate::hub::{Envelope, HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
+
+impl Checker<'_> {
+    pub(super) fn topic(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        defaults: &RawDefaults,
+        paths: &mut Vec<(PathTemplate, String)>,
+        names: &mut Vec<(String, usize)>,
+    ) -> Option<TopicSpec> {
+        let name = self.topic_name(span.clone(), raw, names);
+        let path = self.topic_path(span.clone(), raw, paths);
+        let source = match &raw.source {
+            Some(source) => self.source(source, path.as_ref()),
+            None => {
+                self.error(
+                    span.clone(),
+                    "topic has no `source`",
+                    Some("add `source.poll = { url = \"/backend/path\" }`".into()),
+                );
+                None
+            }
+        };
+        // A polled resource is a state; a stream or pushes are events.
+        let default_mode = match source {
+            Some(SourceSpec::Stream(_)) | Some(SourceSpec::Push) => Mode::Events,
+            Some(SourceSpec::Poll(_)) | None => Mode::State,
+        };
+        let mode = raw.mode.as_ref().map_or(default_mode, |m| *m.get_ref());
+        let default_policy = match mode {
+            Mode::State => OverflowPolicy::Conflate,
+            Mode::Events => OverflowPolicy::Disconnect,
+        };
+        let on_full = raw
+            .on_full
+            .as_ref()
+            .or(defaults.on_full.as_ref())
+            .map_or(default_policy, |p| *p.get_ref());
+        let event = raw.event.as_ref().and_then(|event| {
+            let text = event.get_ref();
+            if text.is_empty() || text.contains(['\r', '\n']) {
+                self.error(
+                    event.span(),
+                    "`event` must be a non-empty name on one line",
+                    Some("e.g. event = \"price\", or leave it out for the default `message`".into()),
+                );
+                return None;
+            }
+            Some(Arc::<str>::from(text.as_str()))
+        });
+        let transports = self.transports(raw, defaults);
+        let hub = TopicSettings {
+            mode,
+            history: HistoryLimits {
+                max_messages: self.count(
+                    &raw.history_max_messages,
+                    defaults.history_max_messages.as_ref(),
+                    "history_max_messages",
+                    256,
+                ),
+                max_bytes: self.count(
+                    &raw.history_max_bytes,
+                    defaults.history_max_bytes.as_ref(),
+                    "history_max_bytes",
+                    4 << 20,
+                ),
+            },
+            queue: QueueLimits {
+                max_messages: self.count(
+                    &raw.queue_max_messages,
+                    defaults.queue_max_messages.as_ref(),
+                    "queue_max_messages",
+                    64,
+                ),
+                max_bytes: self.count(
+                    &raw.queue_max_bytes,
+                    defaults.queue_max_bytes.as_ref(),
+                    "queue_max_bytes",
+                    1 << 20,
+                ),
+            },
+            on_full,
+            idle_linger: self.duration_ms(
+                &raw.idle_linger_ms,
+                defaults.idle_linger_ms.as_ref(),
+                "idle_linger_ms",
+                30_000,
+                true,
+            ),
+        };
+        let path_has_variables = path.as_ref().is_some_and(|p| !p.variables().is_empty());
+        let websocket = self.websocket(raw.websocket.as_ref(), path.as_ref(), 1 << 20);
+        let keepalive = self.duration_ms(
+            &raw.keepalive_ms,
+            defaults.keepalive_ms.as_ref(),
+            "keepalive_ms",
+            15_000,
+            false,
+        );
+        let retry = self.duration_ms(
+            &raw.retry_ms,
+            defaults.retry_ms.as_ref(),
+            "retry_ms",
+            2_000,
+            false,
+        );
+        let long_poll_max_wait = self.duration_ms(
+            &raw.long_poll_max_wait_ms,
+            defaults.long_poll_max_wait_ms.as_ref(),
+            "long_poll_max_wait_ms",
+            30_000,
+            false,
+        );
+        Some(TopicSpec {
+            name: name?,
+            path: path?,
+            source: source?,
+            event,
+            transports,
+            hub,
+            keepalive,
+            retry,
+            long_poll_max_wait,
+            write_timeout: self.duration_ms(
+                &raw.write_timeout_ms,
+                defaults.write_timeout_ms.as_ref(),
+                "write_timeout_ms",
+                10_000,
+                false,
+            ),
+            websocket: websocket?,
+            forward_headers: self.forward_headers(raw),
+            eager: self.eager(raw, path_has_variables),
+        })
+    }
+
+    /// An eager topic is one instance known at boot, so its path has no variables.
+    fn eager(&mut self, raw: &RawTopic, path_has_variables: bool) -> bool {
+        match &raw.eager {
+            Some(eager) if *eager.get_ref() && path_has_variables => {
+                self.error(
+                    eager.span(),
+                    "`eager` needs a path without variables",
+                    Some("instances of a templated path are only known when a client asks".into()),
+                );
+                false
+            }
+            Some(eager) => *eager.get_ref(),
+            None => false,
+        }
+    }
+
+    fn forward_headers(&mut self, raw: &RawTopic) -> Vec<String> {
+        let Some(list) = &raw.forward_headers else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        for name in list.get_ref() {
+            match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                Ok(header) => names.push(header.as_str().to_string()),
+                Err(_) => self.error(
+                    name.span(),
+                    format!("{:?} is not a header name", name.get_ref()),
+                    None,
+                ),
+            }
+        }
+        names
+    }
+
+    /// A topic's (or the echo route's) WebSocket settings; `inbound` is checked against the
+    /// topic's path variables when the path is valid.
+    fn websocket(
+        &mut self,
+        raw: Option<&Spanned<RawWebsocket>>,
+        path: Option<&PathTemplate>,
+        default_max_message_bytes: usize,
+    ) -> Option<WebsocketSpec> {
+        let empty = RawWebsocket::default();
+        let ws = raw.map_or(&empty, |r| r.get_ref());
+        let inbound = match (&ws.inbound, path) {
+            (None, _) => None,
+            (Some(url), Some(path)) => match UrlTemplate::parse(url.get_ref(), path.variables()) {
+                Ok((template, _)) => Some(template),
+                Err(error) => {
+                    self.error(url.span(), format!("`inbound` {error}"), None);
+                    return None;
+                }
+            },
+            (Some(_), None) => return None,
+        };
+        let ping_interval = self.duration_ms(&ws.ping_interval_ms, None, "ping_interval_ms", 30_000, false);
+        let pong_timeout = self.duration_ms(&ws.pong_timeout_ms, None, "pong_timeout_ms", 10_000, false);
+        Some(WebsocketSpec {
+            deflate: ws.deflate.as_ref().is_none_or(|d| *d.get_ref()),
+            deflate_min_bytes: match &ws.deflate_min_bytes {
+                Some(value) if *value.get_ref() >= 0 => {
+                    usize::try_from(*value.get_ref()).unwrap_or(usize::MAX)
+                }
+                Some(value) => {
+                    self.error(value.span(), "`deflate_min_bytes` must be 0 or more", None);
+                    256
+                }
+                None => 256,
+            },
+            envelope: ws.envelope.as_ref().map_or(Envelope::Raw, |e| *e.get_ref()),
+            ping_interval,
+            pong_timeout,
+            max_message_bytes: self.count(
+                &ws.max_message_bytes,
+                None,
+                "max_message_bytes",
+                default_max_message_bytes,
+            ),
+            inbound,
+        })
+    }
+
+    pub(super) fn echo(&mut self, raw: &RawTesting, paths: &[(PathTemplate, String)]) -> Option<EchoSpec> {
+        let path = raw.websocket_echo_path.as_ref()?;
+        let text = path.get_ref();
+        if !text.starts_with('/') || text.contains('{') {
+            self.error(
+                path.span(),
+                "`websocket_echo_path` must be a literal path starting with `/`",
+                None,
+            );
+            return None;
+        }
+        if paths.iter().any(|(template, _)| template.matches(text).is_some()) {
+            self.error(path.span(), "`websocket_echo_path` is also a topic path", None);
+            return None;
+        }
+        // Conformance suites send messages of up to 16 MiB.
+        let max_message_bytes = self.count(
+            &raw.websocket_echo_max_message_bytes,
+            None,
+            "websocket_echo_max_message_bytes",
+            16 << 20,
+        );
+        let mut websocket = self.websocket(None, None, max_message_bytes)?;
+        websocket.deflate_min_bytes = 0;
+        Some(EchoSpec {
+            path: text.clone(),
+            websocket,
+        })
+    }
+
+    fn topic_name(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        names: &mut Vec<(String, usize)>,
+    ) -> Option<Arc<str>> {
+        let Some(name) = &raw.name else {
+            self.error(
+                span,
+                "topic has no `name`",
+                Some("add `name = \"prices\"`".into()),
+            );
+            return None;
+        };
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            self.error(
+                name.span(),
+                format!("topic name {text:?} is not valid"),
+                Some("use letters, digits, `_`, `-` and `.`".into()),
+            );
+            return None;
+        }
+        let line = self.text[..name.span().start].matches('\n').count() + 1;
+        if let Some((_, first_line)) = names.iter().find(|(n, _)| n == text) {
+            let help = format!("topic names must be unique; the first `{text}` is on line {first_line}");
+            self.error(name.span(), format!("duplicate topic name `{text}`"), Some(help));
+            return None;
+        }
+        names.push((text.clone(), line));
+        Some(Arc::from(text.as_str()))
+    }
+
+    /// The path template; `paths` holds the earlier topics' templates (with their names) so
+    /// that overlaps are found even when an earlier topic had other errors.
+    fn topic_path(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawTopic,
+        paths: &mut Vec<(PathTemplate, String)>,
+    ) -> Option<PathTemplate> {
+        let Some(path) = &raw.path else {
+            self.error(
+                span,
+                "topic has no `path`",
+                Some("add the client-facing path, e.g. `path = \"/api/prices/{symbol}\"`".into()),
+            );
+            return None;
+        };
+        match PathTemplate::parse(path.get_ref()) {
+            Ok(template) => {
+                if let Some((other, other_name)) = paths.iter().find(|(t, _)| t.overlaps(&template)) {
+                    let message = format!(
+                        "path `{}` overlaps topic `{other_name}` (`{}`)",
+                        path.get_ref(),
+                        other.as_str()
+                    );
+                    let help = Some("every request path must belong to at most one topic".to_string());
+                    self.error(path.span(), message, help);
+                    return None;
+                }
+                let name = raw
+                    .name
+                    .as_ref()
+                    .map_or_else(String::new, |n| n.get_ref().clone());
+                paths.push((template.clone(), name));
+                Some(template)
+            }
+            Err(error) => {
+                self.error(path.span(), format!("`path`: {error}"), None);
+                None
+            }
+        }
+    }
+
+    /// The poll source; its URL is checked against `path`'s variables when the path is valid.
+    fn source(&mut self, source: &Spanned<RawSource>, path: Option<&PathTemplate>) -> Option<SourceSpec> {
+        let raw = source.get_ref();
+        let named = [raw.poll.is_some(), raw.stream.is_some(), raw.push.is_some()];
+        if named.iter().filter(|n| **n).count() != 1 {
+            self.error(
+                source.span(),
+                "`source` must name exactly one of `poll`, `stream`, `push`",
+                Some("e.g. `source.poll = { url = \"/backend/path\", interval_ms = 1000 }`".into()),
+            );
+            return None;
+        }
+        if let Some(poll) = &raw.poll {
+            return self.poll(poll, path);
+        }
+        if let Some(stream) = &raw.stream {
+            let idle_timeout = self.duration_ms(
+                &stream.get_ref().idle_timeout_ms,
+                None,
+                "idle_timeout_ms",
+                60_000,
+                false,
+            );
+            let Some(url) = &stream.get_ref().url else {
+                self.error(
+                    stream.span(),
+                    "`source.stream` has no `url`",
+                    Some("add `url = \"/backend/stream\"`".into()),
+                );
+                return None;
+            };
+            let url = self.source_url(url, path?)?;
+            return Some(SourceSpec::Stream(StreamSpec { url, idle_timeout }));
+        }
+        if !self.has_publish_token {
+            self.error(
+                source.span(),
+                "a `push` topic needs `server.publish_token` (or SIDESTREAM_PUBLISH_TOKEN)",
+                Some(
+                    "publishers authenticate with `Authorization: Bearer <token>` on the admin listener"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        Some(SourceSpec::Push)
+    }
+
+    /// A backend URL template that uses every variable of the topic's path.
+    fn source_url(&mut self, url: &Spanned<String>, path: &PathTemplate) -> Option<UrlTemplate> {
+        match UrlTemplate::parse(url.get_ref(), path.variables()) {
+            Ok((template, used)) => {
+                let missing: Vec<String> = path
+                    .variables()
+                    .iter()
+                    .filter(|v| !used.contains(v))
+                    .map(|v| format!("{{{v}}}"))
+                    .collect();
+                if missing.is_empty() {
+                    return Some(template);
+                }
+                self.error(
+                    url.span(),
+                    format!("`url` does not use path variable(s) {}", missing.join(", ")),
+                    Some(
+                        "each topic instance must poll its own resource: put every path variable in the URL"
+                            .into(),
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                self.error(url.span(), format!("`url` {error}"), None);
+                None
+            }
+        }
+    }
+
+    fn poll(&mut self, poll: &Spanned<RawPoll>, path: Option<&PathTemplate>) -> Option<SourceSpec> {
+        let raw = poll.get_ref();
+        let interval = self.duration_ms(&raw.interval_ms, None, "interval_ms", 1_000, false);
+        let Some(url) = &raw.url else {
+            self.error(
+                poll.span(),
+                "`source.poll` has no `url`",
+                Some("add `url = \"/backend/path\"`".into()),
+            );
+            return None;
+        };
+        let jitter_default = u64::try_from(interval.as_millis() / 10).unwrap_or(0);
+        let jitter = self.duration_ms(&raw.jitter_ms, None, "jitter_ms", jitter_default, true);
+        if jitter >= interval && !interval.is_zero() {
+            if let Some(field) = &raw.jitter_ms {
+                self.error(
+                    field.span(),
+                    "`jitter_ms` must be smaller than `interval_ms`",
+                    None,
+                );
+            }
+        }
+        let url = self.source_url(url, path?)?;
+        Some(SourceSpec::Poll(PollSpec {
+            url,
+            interval,
+            jitter,
+        }))
+    }
+
+    fn transports(&mut self, raw: &RawTopic, defaults: &RawDefaults) -> BTreeSet<Transport> {
+        let all = [
+            Transport::Sse,
+            Transport::LongPoll,
+            Transport::ShortPoll,
+            Transport::Websocket,
+        ];
+        match raw.transports.as_ref().or(defaults.transports.as_ref()) {
+            None => all.into_iter().collect(),
+            Some(list) if list.get_ref().is_empty() => {
+                self.error(
+                    list.span(),
+                    "`transports` is empty",
+                    Some(
+                        "list at least one of \"sse\", \"long_poll\", \"short_poll\", \"websocket\", or leave it out".into(),
+                    ),
+                );
+                all.into_iter().collect()
+            }
+            Some(list) => list.get_ref().iter().map(|t| *t.get_ref()).collect(),
+        }
+    }
+}
