@@ -53,14 +53,10 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
+/// A whole backend response: what its header said, and its body.
 #[derive(Debug)]
 pub struct UpstreamResponse {
-    pub status: u16,
-    pub validators: Validators,
-    pub content_type: Option<String>,
-    /// How long the backend asked to be left alone: `Retry-After` (seconds) or
-    /// `Cache-Control: max-age`, whichever is longer.
-    pub min_interval: Option<Duration>,
+    pub meta: ResponseMeta,
     pub body: Bytes,
 }
 
@@ -70,6 +66,8 @@ pub struct ResponseMeta {
     pub status: u16,
     pub validators: Validators,
     pub content_type: Option<String>,
+    /// How long the backend asked to be left alone: `Retry-After` (seconds) or
+    /// `Cache-Control: max-age`, whichever is longer.
     pub min_interval: Option<Duration>,
 }
 
@@ -218,8 +216,10 @@ impl UpstreamClient {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        self.guarded(self.send_unbounded(method, path, headers, body), |r| r.status)
-            .await
+        self.guarded(self.send_unbounded(method, path, headers, body), |r| {
+            r.meta.status
+        })
+        .await
     }
 
     /// Runs one exchange under the circuit breaker, the concurrency cap and the timeout, and
@@ -314,10 +314,7 @@ impl UpstreamClient {
             .release_http_session(session, &self.peer, Some(Duration::from_secs(60)))
             .await;
         Ok(UpstreamResponse {
-            status: meta.status,
-            validators: meta.validators,
-            content_type: meta.content_type,
-            min_interval: meta.min_interval,
+            meta,
             body: body.freeze(),
         })
     }

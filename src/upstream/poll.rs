@@ -44,7 +44,7 @@ impl ChangeDetector {
     }
 
     pub fn observe(&mut self, response: UpstreamResponse) -> Observation {
-        match response.status {
+        match response.meta.status {
             304 => Observation::Unchanged,
             200..=299 => {
                 if let Some(problem) = garbage(&response) {
@@ -52,9 +52,9 @@ impl ChangeDetector {
                 }
                 // Validators are remembered even when the content hash says "same", so the
                 // next request is conditional on what the backend now considers current.
-                self.validators = response.validators;
+                self.validators = response.meta.validators;
                 let mut hasher = DefaultHasher::new();
-                response.content_type.hash(&mut hasher);
+                response.meta.content_type.hash(&mut hasher);
                 response.body.hash(&mut hasher);
                 let hash = hasher.finish();
                 if self.last_hash == Some(hash) {
@@ -63,7 +63,7 @@ impl ChangeDetector {
                 self.last_hash = Some(hash);
                 Observation::Changed(Payload {
                     event: self.event.clone(),
-                    content_type: response.content_type.map(Arc::from),
+                    content_type: response.meta.content_type.map(Arc::from),
                     data: response.body,
                 })
             }
@@ -74,7 +74,7 @@ impl ChangeDetector {
 
 /// A body that says it is JSON but does not parse is a broken response, not a new state.
 fn garbage(response: &UpstreamResponse) -> Option<String> {
-    let declared_json = response.content_type.as_deref().is_some_and(|ct| {
+    let declared_json = response.meta.content_type.as_deref().is_some_and(|ct| {
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         essence == "application/json" || essence.ends_with("+json")
     });
@@ -112,7 +112,7 @@ impl PollTask {
             let min_interval = outcome
                 .as_ref()
                 .ok()
-                .and_then(|r| r.min_interval)
+                .and_then(|r| r.meta.min_interval)
                 .unwrap_or_default();
             let topic_name: &str = &self.topic.key().name;
             METRICS
@@ -206,17 +206,20 @@ impl PollTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::client::ResponseMeta;
     use bytes::Bytes;
 
     fn response(status: u16, etag: Option<&str>, content_type: &str, body: &'static str) -> UpstreamResponse {
         UpstreamResponse {
-            status,
-            validators: Validators {
-                etag: etag.map(str::to_string),
-                last_modified: None,
+            meta: ResponseMeta {
+                status,
+                validators: Validators {
+                    etag: etag.map(str::to_string),
+                    last_modified: None,
+                },
+                content_type: Some(content_type.to_string()),
+                min_interval: None,
             },
-            content_type: Some(content_type.to_string()),
-            min_interval: None,
             body: Bytes::from_static(body.as_bytes()),
         }
     }

@@ -351,12 +351,12 @@ async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes>
     headers.push(("Content-Type".to_string(), content_type.to_string()));
     METRICS.websocket_inbound_forwarded.inc();
     match inbound.client.post(&inbound.url, &headers, payload).await {
-        Ok(response) if (200..300).contains(&response.status) && !response.body.is_empty() => {
+        Ok(response) if (200..300).contains(&response.meta.status) && !response.body.is_empty() => {
             Some(response.body)
         }
-        Ok(response) if (200..300).contains(&response.status) => None,
+        Ok(response) if (200..300).contains(&response.meta.status) => None,
         Ok(response) => {
-            tracing::warn!(url = %inbound.url, status = response.status, "inbound message refused by the backend");
+            tracing::warn!(url = %inbound.url, status = response.meta.status, "inbound message refused by the backend");
             None
         }
         Err(error) => {
