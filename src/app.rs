@@ -9,7 +9,8 @@ use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUF
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_proxy::http_proxy_service_with_name;
+use pingora_core::services::listening::Service;
+use pingora_proxy::http_proxy;
 use tokio_util::sync::CancellationToken;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use crate::admin::health::Readiness;
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::downstream::connection_limit::ConnectionLimit;
 use crate::downstream::in_flight::InFlight;
 use crate::downstream::router::TopicTable;
 use crate::downstream::Sidecar;
@@ -112,7 +114,8 @@ impl App {
             self.shutdown.clone(),
             in_flight.clone(),
         );
-        let mut proxy = http_proxy_service_with_name(&conf, sidecar, "sidestream");
+        let proxy = ConnectionLimit::new(http_proxy(&conf, sidecar), self.config.limits.clone());
+        let mut proxy = Service::new("sidestream".to_string(), proxy);
         // pingora reads through a 64 KiB buffer per connection by default, which dominated
         // the memory of an idle push client; requests are small and bodies stream anyway.
         let buffers =

@@ -30,6 +30,17 @@ pub struct Metrics {
     /// Bytes into and out of the deflater (`direction` = `in`/`out`): the compression ratio.
     pub websocket_deflate_bytes: IntCounterVec,
     pub websocket_inbound_forwarded: IntCounter,
+    /// Requests or connections refused by a `[limits]` entry (or a WebSocket size/rate
+    /// limit), by `limit` name.
+    pub limit_hits: IntCounterVec,
+    /// Subscriber auth outcomes by policy: `allowed`, `unauthenticated` (401), `forbidden`
+    /// (403), `unavailable` (keys or callback not reachable), `expired` (stream ended).
+    pub auth_decisions: IntCounterVec,
+    /// Requests sent to auth callbacks (cache misses), by policy.
+    pub auth_callback_requests: IntCounterVec,
+    /// Requests from an origin not in `[cors] allowed_origins` (WebSocket refused, no CORS
+    /// headers otherwise).
+    pub origin_refusals: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -137,6 +148,25 @@ impl Metrics {
             websocket_inbound_forwarded: counter(
                 "sidestream_websocket_inbound_forwarded_total",
                 "client WebSocket messages forwarded to the backend",
+            ),
+            limit_hits: counter_vec(
+                "sidestream_limit_hits_total",
+                "requests or connections refused by a limit",
+                &["limit"],
+            ),
+            auth_decisions: counter_vec(
+                "sidestream_auth_decisions_total",
+                "subscriber auth outcomes",
+                &["policy", "outcome"],
+            ),
+            auth_callback_requests: counter_vec(
+                "sidestream_auth_callback_requests_total",
+                "requests sent to auth callbacks (cache misses)",
+                &["policy"],
+            ),
+            origin_refusals: counter(
+                "sidestream_origin_refusals_total",
+                "requests from origins outside the CORS allowlist",
             ),
             registry,
         }

@@ -21,7 +21,7 @@ pub struct Admin {
     readiness: Arc<health::Readiness>,
     topics: Arc<TopicTable>,
     registry: Arc<Registry>,
-    publish_token: Option<String>,
+    publish_token: Option<crate::config::Secret>,
     publish_max_body_bytes: usize,
     shutdown: CancellationToken,
 }

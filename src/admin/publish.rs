@@ -40,6 +40,10 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, R
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
+                    crate::metrics::METRICS
+                        .limit_hits
+                        .with_label_values(&["publish_body_bytes"])
+                        .inc();
                     return Err(text(
                         413,
                         &format!("the body is larger than publish_max_body_bytes ({limit})"),
@@ -58,7 +62,7 @@ fn valid_event(name: &str) -> bool {
 }
 
 pub async fn handle(admin: &Admin, session: &mut ServerSession, topic_path: &str) -> Response<Vec<u8>> {
-    let Some(expected) = admin.publish_token.as_deref() else {
+    let Some(expected) = admin.publish_token.as_ref().map(crate::config::Secret::expose) else {
         return text(403, "publishing is disabled: set server.publish_token");
     };
     let request = session.req_header();

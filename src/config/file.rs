@@ -14,7 +14,7 @@ pub type Field<T> = Option<Spanned<T>>;
 pub struct RawServer {
     pub listen: Field<String>,
     pub admin_listen: Field<String>,
-    pub publish_token: Field<String>,
+    pub publish_token: Field<RawSecret>,
     pub publish_max_body_bytes: Field<i64>,
     pub read_buffer_bytes: Field<i64>,
     pub ready_grace_ms: Field<i64>,
@@ -80,6 +80,7 @@ with_tunables!(RawTopic {
     websocket: Field<RawWebsocket>,
     forward_headers: Field<Vec<Spanned<String>>>,
     eager: Field<bool>,
+    auth: Field<String>,
 });
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,7 +92,9 @@ pub struct RawWebsocket {
     pub ping_interval_ms: Field<i64>,
     pub pong_timeout_ms: Field<i64>,
     pub max_message_bytes: Field<i64>,
+    pub max_frame_bytes: Field<i64>,
     pub inbound: Field<String>,
+    pub inbound_messages_per_second: Field<i64>,
 }
 
 /// Test and conformance switches; all off by default.
@@ -127,4 +130,72 @@ pub struct RawPoll {
     pub url: Field<String>,
     pub interval_ms: Field<i64>,
     pub jitter_ms: Field<i64>,
+}
+
+/// A secret written inline, or (better) named: `{ env = "NAME" }` or `{ file = "/path" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecret {
+    Inline(String),
+    From(RawSecretSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretSource {
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+/// `[limits]`: what one client, or all of them, may take from the process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Field<i64>,
+    pub max_connections_per_ip: Field<i64>,
+    pub max_topic_instances: Field<i64>,
+    pub max_long_polls_per_ip: Field<i64>,
+    pub max_request_header_bytes: Field<i64>,
+}
+
+/// `[cors]`: which browser origins may read topics (and open WebSockets).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allowed_origins: Field<Vec<Spanned<String>>>,
+    pub allow_credentials: Field<bool>,
+    pub preflight_max_age_ms: Field<i64>,
+}
+
+/// One `[auth.<name>]` policy; exactly one of its kinds is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub jwt: Field<RawJwt>,
+    pub callback: Field<RawCallback>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub algorithms: Field<Vec<Spanned<String>>>,
+    pub secret: Field<RawSecret>,
+    pub public_key_file: Field<String>,
+    pub jwks_url: Field<String>,
+    pub jwks_refresh_ms: Field<i64>,
+    pub cookie: Field<String>,
+    pub query_param: Field<String>,
+    pub topics_claim: Field<String>,
+    pub audience: Field<String>,
+    pub issuer: Field<String>,
+    pub leeway_ms: Field<i64>,
+    pub close_on_expiry: Field<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallback {
+    pub url: Field<String>,
+    pub forward_headers: Field<Vec<Spanned<String>>>,
+    pub cache_ms: Field<i64>,
 }

@@ -2,6 +2,7 @@
 //! anything starts. Every problem is reported at once, each with `file:line:col`.
 
 mod file;
+pub mod security;
 pub mod template;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::Transport;
+pub use security::{AuthKind, AuthSpec, CallbackSpec, CorsSettings, JwtKeys, JwtSpec, Limits, Secret};
 pub use template::{PathTemplate, UrlTemplate};
 
 use crate::hub::{Envelope, Mode, TopicSettings};
@@ -26,6 +28,8 @@ pub struct Config {
     /// `[testing] websocket_echo_path`: an echo endpoint on the same WebSocket stack, for
     /// conformance suites. `None` (the default) serves no such path.
     pub websocket_echo: Option<EchoSpec>,
+    pub limits: Limits,
+    pub cors: CorsSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +50,10 @@ pub struct WebsocketSpec {
     pub pong_timeout: Duration,
     /// Largest client message (after inflating); larger closes with 1009.
     pub max_message_bytes: usize,
+    /// Largest single client frame; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Client messages allowed per second (burst of the same size); more closes with 1008.
+    pub inbound_messages_per_second: u32,
     /// Backend URL that client messages are POSTed to; `None` = client messages close 1008.
     pub inbound: Option<UrlTemplate>,
 }
@@ -56,7 +64,7 @@ pub struct ServerSettings {
     /// `/live`, `/ready`, `/metrics` and `/publish/...` (keep it off the public network).
     pub admin_listen: SocketAddr,
     /// Bearer token for `/publish`; from the file or `SIDESTREAM_PUBLISH_TOKEN`.
-    pub publish_token: Option<String>,
+    pub publish_token: Option<Secret>,
     pub publish_max_body_bytes: usize,
     /// `/ready` waits at most this long for eager topics' first upstream results.
     pub ready_grace: Duration,
@@ -108,6 +116,8 @@ pub struct TopicSpec {
     pub forward_headers: Vec<String>,
     /// Started at boot (not on first client); `/ready` waits for its first upstream result.
     pub eager: bool,
+    /// Who may subscribe; `None` = anyone who can reach the listener.
+    pub auth: Option<Arc<AuthSpec>>,
 }
 
 impl TopicSpec {

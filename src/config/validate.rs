@@ -1,20 +1,26 @@
 //! One pass over the whole file that collects every problem before giving up.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::file::{Field, RawDefaults, RawServer, RawTesting, RawTopic, RawUpstream};
+use super::file::{
+    Field, RawAuth, RawCors, RawDefaults, RawLimits, RawServer, RawTesting, RawTopic, RawUpstream,
+};
+use super::security::{AuthSpec, Limits, Secret};
 use super::template::PathTemplate;
 use super::{Config, ConfigError, ConfigErrors, ServerSettings, TopicSpec, UpstreamSettings};
 
+mod security;
 mod topic;
 
-const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`, `testing`";
+const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`, `auth`, `cors`, `limits`, `testing`";
 
 pub struct Checker<'a> {
     file: &'a str,
@@ -22,6 +28,10 @@ pub struct Checker<'a> {
     errors: Vec<ConfigError>,
     /// Push topics are only valid when publishers can authenticate.
     has_publish_token: bool,
+    /// `[auth.<name>]` policies, for topics' `auth = "<name>"`.
+    auth_policies: BTreeMap<String, Arc<AuthSpec>>,
+    /// Every `[auth.<name>]` written, valid or not.
+    auth_names: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -31,6 +41,8 @@ impl<'a> Checker<'a> {
             text,
             errors: Vec::new(),
             has_publish_token: false,
+            auth_policies: BTreeMap::new(),
+            auth_names: std::collections::BTreeSet::new(),
         }
     }
 
@@ -56,7 +68,11 @@ impl<'a> Checker<'a> {
             .message()
             .trim()
             .replace("expected i64", "expected an integer (without quotes)")
-            .replace("expected a string", "expected a quoted string");
+            .replace("expected a string", "expected a quoted string")
+            .replace(
+                "data did not match any variant of untagged enum RawSecret",
+                "expected a quoted string, `{ env = \"NAME\" }` or `{ file = \"/path\" }`",
+            );
         self.error(span, message, None);
     }
 
@@ -89,6 +105,9 @@ impl<'a> Checker<'a> {
         let mut topics_seen = false;
         let mut topics: Vec<(Range<usize>, RawTopic)> = Vec::new();
         let mut testing = None;
+        let mut auth = None;
+        let mut cors = None;
+        let mut limits = None;
         for (key, value) in root.into_inner() {
             let key_span = key.span();
             match key.get_ref().as_ref() {
@@ -99,6 +118,9 @@ impl<'a> Checker<'a> {
                 }
                 "defaults" => defaults = self.section::<RawDefaults>(value),
                 "testing" => testing = self.section::<RawTesting>(value),
+                "auth" => auth = self.section::<BTreeMap<String, Spanned<RawAuth>>>(value),
+                "cors" => cors = self.section::<RawCors>(value),
+                "limits" => limits = self.section::<RawLimits>(value),
                 "topic" => {
                     topics_seen = true;
                     let span = value.span();
@@ -126,6 +148,12 @@ impl<'a> Checker<'a> {
             }
         }
         let server = self.server(&server.unwrap_or_default());
+        let limits = limits.map_or_else(Limits::default, |raw| self.limits(&raw));
+        let cors = self.cors(&cors.unwrap_or_default());
+        if let Some(raw) = &auth {
+            self.auth_names = raw.keys().cloned().collect();
+            self.auth_policies = self.auth_policies(raw);
+        }
         self.has_publish_token = server.publish_token.is_some();
         let defaults = defaults.unwrap_or_default();
         let upstream = match upstream {
@@ -162,6 +190,8 @@ impl<'a> Checker<'a> {
                 upstream,
                 topics: specs,
                 websocket_echo,
+                limits,
+                cors,
             }),
             _ => {
                 self.errors.sort_by_key(|e| (e.line, e.column));
@@ -194,18 +224,11 @@ impl<'a> Checker<'a> {
             None => SocketAddr::from(([127, 0, 0, 1], 9090)),
         };
         let publish_token = match &raw.publish_token {
-            Some(token) if token.get_ref().len() < 16 => {
-                self.error(
-                    token.span(),
-                    "`publish_token` is shorter than 16 characters",
-                    Some("use a long random secret, e.g. `openssl rand -hex 32`".into()),
-                );
-                None
-            }
-            Some(token) => Some(token.get_ref().clone()),
+            Some(token) => self.secret(token, "publish_token", 16),
             None => std::env::var("SIDESTREAM_PUBLISH_TOKEN")
                 .ok()
-                .filter(|t| !t.is_empty()),
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
         };
         ServerSettings {
             listen,

@@ -1,8 +1,12 @@
 //! Downstream: the client-facing side. Topic paths are served from the hub over the
 //! transport the request picks; every other request passes through to the backend.
 
+pub mod auth;
+pub mod connection_limit;
+pub mod cors;
 pub mod in_flight;
 pub mod long_poll;
+pub mod per_ip;
 pub mod response;
 pub mod router;
 pub mod short_poll;
@@ -13,15 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
+use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EchoSpec, Transport};
+use crate::config::{Config, CorsSettings, EchoSpec, Limits, TopicSpec, Transport};
 use crate::hub::Registry;
+use crate::metrics::METRICS;
 use crate::upstream::UpstreamClient;
+use auth::{Denial, Gatekeeper};
 use in_flight::{InFlight, InFlightGuard};
+use per_ip::PerIp;
 use response::respond_reason;
 use router::{choose_transport, Route, TopicTable};
 
@@ -39,6 +48,26 @@ pub struct Sidecar {
     /// SSE streams end spread over this much of the drain window.
     drain_spread: Duration,
     in_flight: Arc<InFlight>,
+    gatekeeper: Gatekeeper,
+    limits: Limits,
+    cors: Arc<CorsSettings>,
+    long_polls: Arc<PerIp>,
+}
+
+/// Response headers of a refusal that asks the client to come back later.
+fn retry_after(spec: &TopicSpec) -> Vec<(&'static str, String)> {
+    vec![("Retry-After", spec.retry.as_secs().max(1).to_string())]
+}
+
+/// Request line plus header lines, as sent.
+fn request_header_bytes(request: &RequestHeader) -> usize {
+    let line = request.method.as_str().len() + request.uri.to_string().len() + 11;
+    let headers: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + headers
 }
 
 impl Sidecar {
@@ -61,11 +90,58 @@ impl Sidecar {
             // requests still in flight.
             drain_spread: config.server.drain_timeout / 2,
             in_flight,
+            gatekeeper: Gatekeeper::default(),
+            limits: config.limits.clone(),
+            cors: Arc::new(config.cors.clone()),
+            long_polls: Arc::new(PerIp::default()),
         }
+    }
+
+    /// A request that cannot be served now but may be later: each transport its own way.
+    async fn refuse_for_now(
+        &self,
+        session: &mut Session,
+        transport: Transport,
+        spec: &TopicSpec,
+        reason: &str,
+    ) -> Result<()> {
+        match transport {
+            Transport::Sse => sse::retry_later(session, spec.retry, reason).await,
+            _ => respond_reason(session, 503, reason, &retry_after(spec)).await,
+        }
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        transport: Transport,
+        spec: &TopicSpec,
+        denial: Denial,
+    ) -> Result<()> {
+        if denial.transient {
+            return self
+                .refuse_for_now(session, transport, spec, &denial.reason)
+                .await;
+        }
+        let extra = if denial.status == 401 {
+            vec![("WWW-Authenticate", "Bearer realm=\"sidestream\"".to_string())]
+        } else {
+            Vec::new()
+        };
+        respond_reason(session, denial.status, &denial.reason, &extra).await
     }
 
     async fn serve_topic(&self, session: &mut Session, route: Route<'_>) -> Result<()> {
         let method = &session.req_header().method;
+        if method == http::Method::OPTIONS {
+            let headers = cors::preflight_headers(&self.cors);
+            let response = pingora_http::ResponseHeader::build(204, Some(headers.len() + 1))?;
+            let mut response = response;
+            for (name, value) in headers {
+                response.insert_header(name, value)?;
+            }
+            return response::respond(session, response, bytes::Bytes::new()).await;
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             let reason = format!("{method} is not allowed on topic {}; use GET", route.spec.name);
             return respond_reason(session, 405, &reason, &[("Allow", "GET, HEAD".into())]).await;
@@ -75,21 +151,79 @@ impl Sidecar {
             Err(refusal) => return respond_reason(session, refusal.status, &refusal.reason, &[]).await,
         };
         let spec = route.spec;
+        if transport == Transport::Websocket && self.cors.enabled() {
+            // Browsers send `Origin` on every WebSocket; a page from elsewhere is refused
+            // before the upgrade (cross-site WebSocket hijacking).
+            let origin = router::header(session.req_header(), "origin");
+            if origin.is_some_and(|origin| !self.cors.allows(origin)) {
+                return respond_reason(session, 403, "this Origin may not open WebSockets here", &[]).await;
+            }
+        }
+        let grant = match &spec.auth {
+            Some(policy) => {
+                let instance = route.key.to_string();
+                match self
+                    .gatekeeper
+                    .admit(policy, session.req_header(), &instance, &self.client)
+                    .await
+                {
+                    Ok(grant) => Some(grant),
+                    Err(denial) => return self.refuse(session, transport, spec, denial).await,
+                }
+            }
+            None => None,
+        };
+        let ends_at = grant.and_then(|grant| grant.expires_at).map(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         let key = route
             .key
             .with_forwarded(router::forwarded_headers(session.req_header(), spec));
-        let topic = self.registry.get_or_create(&key, || spec.hub.clone());
+        let Some(topic) = self
+            .registry
+            .try_get_or_create(&key, self.limits.max_topic_instances, || spec.hub.clone())
+        else {
+            METRICS.limit_hits.with_label_values(&["topic_instances"]).inc();
+            let reason = "too many topic instances are live; try again later";
+            return self.refuse_for_now(session, transport, spec, reason).await;
+        };
         match transport {
             Transport::Sse => {
                 let drain = sse::Drain {
                     signal: &self.shutdown,
                     spread: self.drain_spread,
                 };
-                sse::serve(session, topic, spec, &drain).await
+                let served = sse::serve(session, topic, spec, &drain, ends_at).await;
+                if ends_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    if let Some(policy) = &spec.auth {
+                        auth::record_expiry(policy);
+                    }
+                }
+                served
             }
             // The rarer, larger futures are boxed: a match holds its largest arm inline, and
             // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
-            Transport::LongPoll => Box::pin(long_poll::serve(session, topic, spec, &self.shutdown)).await,
+            Transport::LongPoll => {
+                let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+                let _slot = match ip {
+                    Some(ip) => match self.long_polls.acquire(ip, self.limits.max_long_polls_per_ip) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            METRICS.limit_hits.with_label_values(&["long_polls_per_ip"]).inc();
+                            let reason = format!(
+                                "too many long polls held from this address (limit {})",
+                                self.limits.max_long_polls_per_ip
+                            );
+                            return respond_reason(session, 429, &reason, &retry_after(spec)).await;
+                        }
+                    },
+                    None => None,
+                };
+                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown)).await
+            }
             Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
             Transport::Websocket => {
                 let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
@@ -99,6 +233,7 @@ impl Sidecar {
                     &spec.websocket,
                     spec.write_timeout,
                     &self.shutdown,
+                    ends_at,
                 ))
                 .await
             }
@@ -121,7 +256,31 @@ impl ProxyHttp for Sidecar {
         Ok(Box::new(self.client.backend().peer(self.connect_timeout)))
     }
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // No response compression module (pingora's default adds a disabled one): topic
+        // responses are pre-encoded and pass-through keeps the backend's encoding.
+        if self.cors.enabled() {
+            modules.add_module(Box::new(cors::CorsBuilder::new(
+                Arc::clone(&self.cors),
+                Arc::clone(&self.topics),
+            )));
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut InFlightGuard) -> Result<bool> {
+        let header_bytes = request_header_bytes(session.req_header());
+        if header_bytes > self.limits.max_request_header_bytes {
+            METRICS
+                .limit_hits
+                .with_label_values(&["request_header_bytes"])
+                .inc();
+            let reason = format!(
+                "the request header is {header_bytes} bytes; the limit is {}",
+                self.limits.max_request_header_bytes
+            );
+            respond_reason(session, 431, &reason, &[]).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path().to_string();
         if let Some(echo) = self.echo.as_ref().filter(|echo| echo.path == path) {
             Box::pin(websocket::serve(
@@ -130,6 +289,7 @@ impl ProxyHttp for Sidecar {
                 &echo.websocket,
                 ECHO_WRITE_TIMEOUT,
                 &self.shutdown,
+                None,
             ))
             .await?;
             return Ok(true);

@@ -25,6 +25,7 @@ enum Step {
     Stale(bool),
     Keepalive,
     Drain,
+    CredentialsExpired,
     ClientGone,
 }
 
@@ -71,6 +72,18 @@ pub fn reset_frame(position: Cursor) -> Bytes {
     ))
 }
 
+/// The answer to an SSE request that cannot be served right now (over capacity, auth
+/// service unreachable): `200` with a `retry:` hint and an immediate end, because any other
+/// status makes browsers' `EventSource` give up for good.
+pub async fn retry_later(session: &mut Session, retry: Duration, reason: &str) -> Result<()> {
+    let mut response = ResponseHeader::build(200, Some(3))?;
+    response.insert_header("Content-Type", "text/event-stream")?;
+    response.insert_header("Cache-Control", "no-cache, no-transform")?;
+    let reason = reason.replace(['\r', '\n'], " ");
+    let body = Bytes::from(format!("retry: {}\n: {reason}\n\n", jittered_retry(retry)));
+    super::response::respond(session, response, body).await
+}
+
 /// The process-wide drain: its signal, and the window over which streams are ended.
 pub struct Drain<'a> {
     pub signal: &'a CancellationToken,
@@ -84,6 +97,7 @@ pub async fn serve(
     topic: Arc<Topic>,
     spec: &TopicSpec,
     drain: &Drain<'_>,
+    ends_at: Option<Instant>,
 ) -> Result<()> {
     let shutdown = drain.signal;
     let resume = sse_resume(session.req_header());
@@ -147,6 +161,7 @@ pub async fn serve(
                 continue;
             }
             _ = sleep_until_or_never(closing_at) => Step::Drain,
+            _ = sleep_until_or_never(ends_at) => Step::CredentialsExpired,
             // Before deliveries: "fresh again" precedes the first new message.
             Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
             delivery = subscription.recv() => Step::Deliver(delivery),
@@ -189,6 +204,10 @@ pub async fn serve(
             }
             Step::Deliver(Delivery::Closed(CloseReason::TopicClosed)) | Step::Drain => {
                 break Some(Bytes::from(format!(": draining\nretry: {retry_ms}\n\n")));
+            }
+            Step::CredentialsExpired => {
+                // The client reconnects (with a fresh token, or gets its 401 then).
+                break Some(Bytes::from_static(b": credentials expired\n\n"));
             }
             Step::Stale(now_stale) => stale_frame(now_stale),
             Step::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),

@@ -70,6 +70,30 @@ impl Registry {
         topic
     }
 
+    /// Like [`Registry::get_or_create`], unless that would make more than `max_instances`
+    /// live instances: then `None`, so clients varying path variables cannot create
+    /// unbounded upstream pollers. Existing instances are always returned.
+    pub fn try_get_or_create(
+        &self,
+        key: &TopicKey,
+        max_instances: usize,
+        settings: impl FnOnce() -> TopicSettings,
+    ) -> Option<Arc<Topic>> {
+        {
+            let topics = self.lock();
+            if let Some(entry) = topics.get(key) {
+                entry.topic.touch();
+                return Some(entry.topic.clone());
+            }
+            if topics.len() >= max_instances {
+                return None;
+            }
+        }
+        // Two racing creators may both pass the check: the cap can be exceeded by at most
+        // the number of worker threads, which keeps it a bound.
+        Some(self.get_or_create(key, settings))
+    }
+
     /// Like [`Registry::get_or_create`], and the instance is never reaped for being idle.
     pub fn get_or_create_pinned(
         &self,
@@ -254,6 +278,28 @@ mod tests {
             .await
             .expect("reaper stops on shutdown")
             .expect("reaper ok");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instance_cap_refuses_new_instances_only() {
+        let launcher = Arc::new(CountingLauncher::default());
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(launcher.clone(), shutdown.clone());
+        for n in 0..10_000 {
+            let _ = registry.try_get_or_create(&key(&format!("S{n}")), 3, settings);
+        }
+        assert_eq!(registry.len(), 3);
+        assert_eq!(
+            launcher.launched.load(Ordering::SeqCst),
+            3,
+            "one upstream per admitted instance"
+        );
+        assert!(
+            registry.try_get_or_create(&key("S0"), 3, settings).is_some(),
+            "an existing instance is still served at the cap"
+        );
+        assert!(registry.try_get_or_create(&key("new"), 3, settings).is_none());
+        shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]

@@ -450,7 +450,7 @@ impl Reply {
 }
 
 async fn send(port: u16, request: Request<Full<Bytes>>) -> Response<Incoming> {
-    send_with_buffer(port, request, None).await
+    send_with_buffer(port, request, None, None).await
 }
 
 /// `receive_buffer`: a small kernel receive buffer makes a client that stops reading stall
@@ -459,8 +459,12 @@ async fn send_with_buffer(
     port: u16,
     request: Request<Full<Bytes>>,
     receive_buffer: Option<u32>,
+    source: Option<&str>,
 ) -> Response<Incoming> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(source) = source {
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    }
     if let Some(size) = receive_buffer {
         socket.set_recv_buffer_size(size).unwrap();
     }
@@ -529,12 +533,17 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> SseClient {
-        Self::connect_with_buffer(port, path, headers, None).await
+        Self::connect_with_buffer(port, path, headers, None, None).await
+    }
+
+    /// A client from another loopback address (`127.0.0.2`, ...), for per-IP limits.
+    pub async fn connect_from(source: &str, port: u16, path: &str) -> SseClient {
+        Self::connect_with_buffer(port, path, &[], None, Some(source)).await
     }
 
     /// A client whose kernel receive buffer is tiny: when it stops reading, the server feels it.
     pub async fn connect_slow(port: u16, path: &str, headers: &[(&str, &str)]) -> SseClient {
-        Self::connect_with_buffer(port, path, headers, Some(2048)).await
+        Self::connect_with_buffer(port, path, headers, Some(2048), None).await
     }
 
     async fn connect_with_buffer(
@@ -542,6 +551,7 @@ impl SseClient {
         path: &str,
         headers: &[(&str, &str)],
         receive_buffer: Option<u32>,
+        source: Option<&str>,
     ) -> SseClient {
         let mut builder = Request::builder()
             .uri(path)
@@ -554,6 +564,7 @@ impl SseClient {
             port,
             builder.body(Full::new(Bytes::new())).unwrap(),
             receive_buffer,
+            source,
         )
         .await;
         let (parts, body) = response.into_parts();
@@ -636,4 +647,22 @@ fn parse_block(block: &[u8]) -> SseEvent {
         }
     }
     event
+}
+
+/// The sum of a metric's samples whose labels include `labels`, from the admin listener.
+pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let body = get(admin_port, "/metrics", &[]).await.text();
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::super::file::{RawDefaults, RawPoll, RawSource, RawTesting, RawTopic, RawWebsocket, Transport};
+use super::super::security::AuthSpec;
 use super::super::template::{PathTemplate, UrlTemplate};
 use super::super::{EchoSpec, PollSpec, SourceSpec, StreamSpec, TopicSpec, WebsocketSpec};
 use super::Checker;
@@ -144,6 +145,7 @@ impl Checker<'_> {
             websocket: websocket?,
             forward_headers: self.forward_headers(raw),
             eager: self.eager(raw, path_has_variables),
+            auth: self.topic_auth(raw),
         })
     }
 
@@ -164,21 +166,37 @@ impl Checker<'_> {
     }
 
     fn forward_headers(&mut self, raw: &RawTopic) -> Vec<String> {
-        let Some(list) = &raw.forward_headers else {
-            return Vec::new();
-        };
-        let mut names = Vec::new();
-        for name in list.get_ref() {
-            match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
-                Ok(header) => names.push(header.as_str().to_string()),
-                Err(_) => self.error(
-                    name.span(),
-                    format!("{:?} is not a header name", name.get_ref()),
-                    None,
-                ),
-            }
+        match &raw.forward_headers {
+            Some(list) => self.header_names(list.get_ref()),
+            None => Vec::new(),
         }
-        names
+    }
+
+    fn topic_auth(&mut self, raw: &RawTopic) -> Option<Arc<AuthSpec>> {
+        let name = raw.auth.as_ref()?;
+        if let Some(policy) = self.auth_policies.get(name.get_ref()) {
+            return Some(Arc::clone(policy));
+        }
+        if self.auth_names.contains(name.get_ref()) {
+            // Defined, but invalid: that error is already reported.
+            return None;
+        }
+        let defined: Vec<&str> = self.auth_policies.keys().map(String::as_str).collect();
+        let help = if defined.is_empty() {
+            format!(
+                "define it: `[auth.{}.jwt]` or `[auth.{}.callback]`",
+                name.get_ref(),
+                name.get_ref()
+            )
+        } else {
+            format!("defined policies: {}", defined.join(", "))
+        };
+        self.error(
+            name.span(),
+            format!("no `[auth.{}]` policy is defined", name.get_ref()),
+            Some(help),
+        );
+        None
     }
 
     /// A topic's (or the echo route's) WebSocket settings; `inbound` is checked against the
@@ -204,6 +222,12 @@ impl Checker<'_> {
         };
         let ping_interval = self.duration_ms(&ws.ping_interval_ms, None, "ping_interval_ms", 30_000, false);
         let pong_timeout = self.duration_ms(&ws.pong_timeout_ms, None, "pong_timeout_ms", 10_000, false);
+        let max_message_bytes = self.count(
+            &ws.max_message_bytes,
+            None,
+            "max_message_bytes",
+            default_max_message_bytes,
+        );
         Some(WebsocketSpec {
             deflate: ws.deflate.as_ref().is_none_or(|d| *d.get_ref()),
             deflate_min_bytes: match &ws.deflate_min_bytes {
@@ -219,12 +243,15 @@ impl Checker<'_> {
             envelope: ws.envelope.as_ref().map_or(Envelope::Raw, |e| *e.get_ref()),
             ping_interval,
             pong_timeout,
-            max_message_bytes: self.count(
-                &ws.max_message_bytes,
+            max_message_bytes,
+            max_frame_bytes: self.count(&ws.max_frame_bytes, None, "max_frame_bytes", max_message_bytes),
+            inbound_messages_per_second: u32::try_from(self.count(
+                &ws.inbound_messages_per_second,
                 None,
-                "max_message_bytes",
-                default_max_message_bytes,
-            ),
+                "inbound_messages_per_second",
+                50,
+            ))
+            .unwrap_or(u32::MAX),
             inbound,
         })
     }
@@ -253,6 +280,8 @@ impl Checker<'_> {
         );
         let mut websocket = self.websocket(None, None, max_message_bytes)?;
         websocket.deflate_min_bytes = 0;
+        // Conformance suites send thousands of messages a second.
+        websocket.inbound_messages_per_second = u32::MAX;
         Some(EchoSpec {
             path: text.clone(),
             websocket,

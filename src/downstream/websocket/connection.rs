@@ -46,6 +46,7 @@ enum Event {
     Frame(Result<Frame, WebSocketError>),
     PingDue,
     PongOverdue,
+    CredentialsExpired,
 }
 
 pub struct Connection {
@@ -58,6 +59,39 @@ pub struct Connection {
     write_timeout: Duration,
     deflate: bool,
     feed: Feed,
+    /// When the client's credentials expire (the connection is closed with 1008 then).
+    ends_at: Option<Instant>,
+    inbound_rate: RateLimit,
+}
+
+/// A token bucket for client messages: `per_second` refill, a burst of the same size.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.per_second);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Connection {
@@ -67,12 +101,15 @@ impl Connection {
         spec: &WebsocketSpec,
         write_timeout: Duration,
         feed: Feed,
+        ends_at: Option<Instant>,
     ) -> Result<Self, WebSocketError> {
         // yawc refuses a frame whose payload reaches its limit, so allow exactly the maximum.
-        let limit = spec.max_message_bytes.saturating_add(1);
+        // The message limit applies after inflating, so a deflate bomb stops at it.
+        let frame_limit = spec.max_frame_bytes.saturating_add(1);
+        let message_limit = spec.max_message_bytes.saturating_add(1);
         let options = Options::default()
             .with_utf8()
-            .with_limits(limit, limit)
+            .with_limits(frame_limit, message_limit)
             .with_low_latency_compression();
         let (shared, raw, close_sent) = share(stream);
         let ws = WebSocket::from_stream_with_extensions(shared, Role::Server, extension, options)?;
@@ -84,6 +121,8 @@ impl Connection {
             write_timeout,
             deflate: extension.is_some(),
             feed,
+            ends_at,
+            inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
         })
     }
 
@@ -113,6 +152,7 @@ impl Connection {
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
+                    _ = sleep_until_or_never(self.ends_at) => Event::CredentialsExpired,
                 }
             };
             let keep_going = match event {
@@ -143,6 +183,13 @@ impl Connection {
                     next_ping = Instant::now() + self.spec.ping_interval;
                     pong_due.get_or_insert(Instant::now() + self.spec.pong_timeout);
                     self.send(Frame::ping("sidestream")).await
+                }
+                Event::CredentialsExpired => {
+                    if let Feed::Topic { subscribed, .. } = &self.feed {
+                        tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials expired; closing");
+                    }
+                    self.close(CloseCode::Policy, "credentials expired").await;
+                    false
                 }
                 Event::PongOverdue => {
                     tracing::debug!("WebSocket client did not answer a ping; closing");
@@ -231,6 +278,12 @@ impl Connection {
     /// errors found while assembling a message (bad UTF-8, fragments, size) it does not, so
     /// it is sent here unless the socket has already carried one.
     async fn fail(&mut self, error: &WebSocketError) {
+        if matches!(error, WebSocketError::FrameTooLarge) {
+            METRICS
+                .limit_hits
+                .with_label_values(&["websocket_message_bytes"])
+                .inc();
+        }
         let _ = tokio::time::timeout(CLOSE_WAIT, flush_all(&mut self.ws)).await;
         if self.close_sent.load(Ordering::SeqCst) {
             return;
@@ -293,6 +346,18 @@ impl Connection {
 
     async fn on_message(&mut self, frame: Frame) -> bool {
         let text = frame.opcode() == OpCode::Text;
+        if matches!(self.feed, Feed::Topic { .. }) && !self.inbound_rate.take() {
+            METRICS
+                .limit_hits
+                .with_label_values(&["websocket_inbound_rate"])
+                .inc();
+            let reason = format!(
+                "more than {} messages per second",
+                self.spec.inbound_messages_per_second
+            );
+            self.close(CloseCode::Policy, &reason).await;
+            return false;
+        }
         let payload = frame.into_payload();
         let reply = match &self.feed {
             Feed::Echo if text => Frame::text(payload),

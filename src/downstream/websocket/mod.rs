@@ -71,6 +71,7 @@ pub async fn serve(
     spec: &WebsocketSpec,
     write_timeout: Duration,
     shutdown: &CancellationToken,
+    ends_at: Option<tokio::time::Instant>,
 ) -> Result<()> {
     let accepted = match handshake::accept(session.req_header(), spec.deflate) {
         Ok(accepted) => accepted,
@@ -122,7 +123,14 @@ pub async fn serve(
         ServerSession::H1(http1) => http1.into_inner(),
         _ => return Ok(()),
     };
-    let connection = match Connection::new(stream, accepted.deflate.as_deref(), spec, write_timeout, feed) {
+    let connection = match Connection::new(
+        stream,
+        accepted.deflate.as_deref(),
+        spec,
+        write_timeout,
+        feed,
+        ends_at,
+    ) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::warn!("WebSocket setup failed: {error}");
