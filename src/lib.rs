@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! config ──▶ upstream ──publish──▶ hub ──subscribe──▶ downstream ──▶ clients
-//!            (poll the backend     (cursor, history,   (SSE, pass-through)
-//!             once per instance)    latest, queues)
+//!            (poll, stream or      (cursor, history,   (limits → auth → SSE, long/short
+//!             push, once per        latest, queues)     poll, WebSocket; pass-through)
+//!             instance)
 //! ```
 //!
 //! `app` wires it into one pingora server; `main` is the CLI.
@@ -27,15 +28,19 @@
 //!   overflow policy (conflate, drop oldest, disconnect).
 //! - **upstream**: the side that talks to the backend ([`upstream`]): conditional polling
 //!   with backoff and jitter.
-//! - **downstream**: the side that talks to clients ([`downstream`]): transport choice,
-//!   SSE, and pass-through of everything else.
+//! - **downstream**: the side that talks to clients ([`downstream`]): connection limits,
+//!   subscriber auth and CORS, transport choice, the four transports, and pass-through of
+//!   everything else.
 //!
 //! ## Where things live
 //!
 //! - [`config`]: TOML → typed settings; every error at once with `file:line:col`.
-//! - [`upstream`]: backend client (pingora connector), poll source, backoff.
+//! - [`upstream`]: backend client (pingora connector), poll and stream sources, backoff,
+//!   circuit breaker.
 //! - [`hub`]: topics, cursor, history, subscribers, registry. Knows nothing of HTTP.
-//! - [`downstream`]: the pingora proxy app: router, SSE, responses, pass-through.
+//! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
+//!   `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`; [`metrics`] defines every metric.
 //! - [`app`]: builds the pingora server and its services; shutdown wiring.
 
 pub mod admin;

@@ -156,6 +156,7 @@ pub struct RawLimits {
     pub max_topic_instances: Field<i64>,
     pub max_long_polls_per_ip: Field<i64>,
     pub max_request_header_bytes: Field<i64>,
+    pub request_header_timeout_ms: Field<i64>,
 }
 
 /// `[cors]`: which browser origins may read topics (and open WebSockets).

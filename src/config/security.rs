@@ -51,8 +51,11 @@ pub struct Limits {
     pub max_topic_instances: usize,
     /// Long polls held at once for one IP address (`429` beyond).
     pub max_long_polls_per_ip: usize,
-    /// Request line plus headers of a topic request (`431` beyond).
+    /// Request line plus headers of any request (`431` beyond).
     pub max_request_header_bytes: usize,
+    /// Time to send a complete request header, from the connection's start or the previous
+    /// response (idle keep-alive included); the connection is closed beyond.
+    pub request_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +67,7 @@ impl Default for Limits {
             max_topic_instances: 10_000,
             max_long_polls_per_ip: 1_024,
             max_request_header_bytes: 32 * 1024,
+            request_header_timeout: Duration::from_secs(15),
         }
     }
 }

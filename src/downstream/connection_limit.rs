@@ -2,8 +2,14 @@
 //! accepted: one over the cap is closed at once, before a byte is read. That is the one
 //! refusal an `EventSource` survives (it reconnects after its retry delay), where an HTTP
 //! error status would stop it for good.
+//!
+//! Also the request header deadline: pingora times out each read, not the whole header, so
+//! a client dripping one byte at a time (slowloris) would hold its connection forever. Each
+//! request's header must be complete within `request_header_timeout_ms` of the connection
+//! opening (or of the previous response); the proxy marks the moment through a task-local
+//! flag, set in `early_request_filter` on this same task.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,6 +20,15 @@ use pingora_core::server::ShutdownWatch;
 use super::per_ip::PerIp;
 use crate::config::Limits;
 use crate::metrics::METRICS;
+
+tokio::task_local! {
+    static HEADER_COMPLETE: Arc<AtomicBool>;
+}
+
+/// Called by the proxy once a request header has been read in full.
+pub fn mark_header_complete() {
+    let _ = HEADER_COMPLETE.try_with(|complete| complete.store(true, Ordering::Relaxed));
+}
 
 /// Wraps the HTTP application and runs its keep-alive loop itself, so one connection is
 /// counted once however many requests it carries.
@@ -73,7 +88,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         };
         let mut next = Some(stream);
         while let Some(stream) = next.take() {
-            next = self.inner.process_new(stream, shutdown).await;
+            let complete = Arc::new(AtomicBool::new(false));
+            let request =
+                HEADER_COMPLETE.scope(Arc::clone(&complete), self.inner.process_new(stream, shutdown));
+            let deadline = async {
+                tokio::time::sleep(self.limits.request_header_timeout).await;
+                if complete.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                reused = request => next = reused,
+                () = deadline => {
+                    METRICS.limit_hits.with_label_values(&["request_header_timeout"]).inc();
+                    return None;
+                }
+            }
         }
         None
     }

@@ -267,6 +267,11 @@ impl ProxyHttp for Sidecar {
         }
     }
 
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut InFlightGuard) -> Result<()> {
+        connection_limit::mark_header_complete();
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, _ctx: &mut InFlightGuard) -> Result<bool> {
         let header_bytes = request_header_bytes(session.req_header());
         if header_bytes > self.limits.max_request_header_bytes {

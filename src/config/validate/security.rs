@@ -120,6 +120,13 @@ impl Checker<'_> {
                 "max_request_header_bytes",
                 default.max_request_header_bytes,
             ),
+            request_header_timeout: self.duration_ms(
+                &raw.request_header_timeout_ms,
+                None,
+                "request_header_timeout_ms",
+                u64::try_from(default.request_header_timeout.as_millis()).unwrap_or(u64::MAX),
+                false,
+            ),
         }
     }
 
