@@ -76,9 +76,13 @@ impl Reloader {
             format!("{:?}", running.server) != format!("{:?}", next.server),
             format!("{:?}", running.upstream) != format!("{:?}", next.upstream),
             format!("{:?}", running.websocket_echo) != format!("{:?}", next.websocket_echo),
+            format!("{:?}", running.cors) != format!("{:?}", next.cors),
+            format!("{:?}", running.limits) != format!("{:?}", next.limits),
         ];
         if restart_only.iter().any(|changed| *changed) {
-            tracing::warn!("changes to [server], [upstream] or [testing] take effect at the next restart");
+            tracing::warn!(
+                "changes to [server], [upstream], [cors], [limits] or [testing] take effect at the next restart"
+            );
         }
         // New specs first, so that clients of closed instances reconnect to the new ones.
         self.launcher.update(&next.topics);

@@ -417,3 +417,72 @@ async fn an_unreachable_callback_is_transient_for_sse() {
     // Failures are not cached: each request asked again.
     assert_eq!(backend.hit_count("/auth/allow"), 2);
 }
+
+#[tokio::test]
+async fn rs256_and_eddsa_keys_come_from_pem_files() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/a", Behaviour::Json("{\"a\":1}".into()));
+    backend.set("/backend/b", Behaviour::Json("{\"b\":1}".into()));
+    let topics = r#"
+[[topic]]
+name = "a"
+path = "/a"
+source.poll = { url = "/backend/a", interval_ms = 50 }
+auth = "rsa"
+
+[[topic]]
+name = "b"
+path = "/b"
+source.poll = { url = "/backend/b", interval_ms = 50 }
+auth = "edwards"
+
+[auth.rsa.jwt]
+algorithms = ["RS256"]
+public_key_file = "tests/fixtures/auth/rs256-public.pem"
+issuer = "tests"
+
+[auth.edwards.jwt]
+algorithms = ["EdDSA"]
+public_key_file = "tests/fixtures/auth/ed25519-public.pem"
+"#;
+    let sidecar = TestSidecar::start(backend.port, "", topics).await;
+    let pem = |name: &str| std::fs::read(format!("tests/fixtures/auth/{name}")).unwrap();
+    let rsa = EncodingKey::from_rsa_pem(&pem("rs256-private.pem")).unwrap();
+    let edwards = EncodingKey::from_ed_pem(&pem("ed25519-private.pem")).unwrap();
+    let claims = json!({"exp": now() + 600, "iss": "tests"});
+    let rsa_token = encode(&Header::new(Algorithm::RS256), &claims, &rsa).unwrap();
+    let ed_token = encode(&Header::new(Algorithm::EdDSA), &claims, &edwards).unwrap();
+
+    let mut a = SseClient::connect(sidecar.port, &format!("/a?access_token={rsa_token}"), &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.next_event().await.unwrap().data.as_deref(), Some("{\"a\":1}"));
+    let mut b = SseClient::connect(sidecar.port, &format!("/b?access_token={ed_token}"), &[]).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(b.next_event().await.unwrap().data.as_deref(), Some("{\"b\":1}"));
+
+    // Each policy accepts only its own algorithm and key.
+    assert_eq!(
+        get(sidecar.port, &format!("/a?access_token={ed_token}"), &[])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(sidecar.port, &format!("/b?access_token={rsa_token}"), &[])
+            .await
+            .status,
+        401
+    );
+    let wrong_issuer = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"exp": now() + 600, "iss": "x"}),
+        &rsa,
+    )
+    .unwrap();
+    assert_eq!(
+        get(sidecar.port, &format!("/a?access_token={wrong_issuer}"), &[])
+            .await
+            .status,
+        401
+    );
+}

@@ -403,3 +403,53 @@ impl Checker<'_> {
         names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const SECRET: &str = "a-secret-that-must-never-be-printed-0123456789";
+
+    fn config_with(token: &str, extra: &str) -> String {
+        format!(
+            "[server]\npublish_token = {token}\n[upstream]\nbase_url = \"http://127.0.0.1:3000\"\n\
+             [[topic]]\nname = \"t\"\npath = \"/t\"\nsource.push = {{}}\nauth = \"users\"\n\
+             [auth.users.jwt]\nalgorithms = [\"HS256\"]\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_never_print() {
+        std::env::set_var("SIDESTREAM_UNIT_TEST_SECRET", SECRET);
+        let path = std::env::temp_dir().join(format!("sidestream-unit-secret-{}", std::process::id()));
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let text = config_with(
+            "{ env = \"SIDESTREAM_UNIT_TEST_SECRET\" }",
+            &format!("secret = {{ file = \"{}\" }}", path.display()),
+        );
+        let config = parse("t.toml", &text).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(config.server.publish_token.as_ref().unwrap().expose(), SECRET);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(SECRET), "a secret leaked into Debug output");
+        assert!(printed.contains("Secret("), "{printed}");
+    }
+
+    #[test]
+    fn a_missing_secret_source_is_an_error_with_its_place() {
+        let text = config_with(
+            "{ env = \"SIDESTREAM_UNIT_TEST_NOT_SET\" }",
+            "secret = { file = \"/nonexistent/secret\" }",
+        );
+        let errors = parse("t.toml", &text).unwrap_err().to_string();
+        assert!(
+            errors.contains("t.toml:2:17: error: `publish_token`: environment variable"),
+            "{errors}"
+        );
+        assert!(errors.contains("cannot read /nonexistent/secret"), "{errors}");
+        let both = config_with("{ env = \"A\", file = \"B\" }", "secret = \"x\"");
+        let errors = parse("t.toml", &both).unwrap_err().to_string();
+        assert!(errors.contains("exactly one of `env` or `file`"), "{errors}");
+        assert!(errors.contains("shorter than 32"), "{errors}");
+    }
+}
