@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::listeners::ListenerConfig;
-use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -118,8 +118,10 @@ impl App {
         let mut proxy = Service::new("sidestream".to_string(), proxy);
         // pingora reads through a 64 KiB buffer per connection by default, which dominated
         // the memory of an idle push client; requests are small and bodies stream anyway.
-        let buffers =
-            L4BufferSettings::new(self.config.server.read_buffer_bytes, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        let buffers = L4BufferSettings::new(
+            self.config.server.read_buffer_bytes,
+            self.config.server.write_buffer_bytes,
+        );
         proxy.add_listener(ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers));
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));

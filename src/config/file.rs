@@ -17,6 +17,7 @@ pub struct RawServer {
     pub publish_token: Field<RawSecret>,
     pub publish_max_body_bytes: Field<i64>,
     pub read_buffer_bytes: Field<i64>,
+    pub write_buffer_bytes: Field<i64>,
     pub ready_grace_ms: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,

@@ -68,8 +68,11 @@ pub struct ServerSettings {
     pub publish_max_body_bytes: usize,
     /// `/ready` waits at most this long for eager topics' first upstream results.
     pub ready_grace: Duration,
-    /// Read buffer per client connection (pingora's default is 64 KiB).
+    /// Read buffer per client connection (pingora's default is 64 KiB; 0 = reads go
+    /// straight to the socket, into pingora's own header and body buffers).
     pub read_buffer_bytes: usize,
+    /// Write buffer per client connection (0 = every write is a send).
+    pub write_buffer_bytes: usize,
     /// How long open connections get to finish after SIGTERM (pingora's grace period).
     pub drain_timeout: Duration,
     /// Worker threads of the client-facing service.

@@ -240,7 +240,8 @@ impl<'a> Checker<'a> {
                 "publish_max_body_bytes",
                 1 << 20,
             ),
-            read_buffer_bytes: self.count(&raw.read_buffer_bytes, None, "read_buffer_bytes", 4096),
+            read_buffer_bytes: self.bytes_or_zero(&raw.read_buffer_bytes, "read_buffer_bytes", 0),
+            write_buffer_bytes: self.bytes_or_zero(&raw.write_buffer_bytes, "write_buffer_bytes", 1460),
             ready_grace: self.duration_ms(&raw.ready_grace_ms, None, "ready_grace_ms", 10_000, true),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
@@ -361,6 +362,22 @@ impl<'a> Checker<'a> {
                 self.error(
                     value.span(),
                     format!("`{name}` must be greater than 0, found {}", value.get_ref()),
+                    Some(format!("remove it to use the default ({default})")),
+                );
+                default
+            }
+        }
+    }
+
+    /// A size in bytes where 0 is meaningful (e.g. "no buffer").
+    fn bytes_or_zero(&mut self, own: &Field<i64>, name: &str, default: usize) -> usize {
+        match own {
+            None => default,
+            Some(value) if *value.get_ref() >= 0 => usize::try_from(*value.get_ref()).unwrap_or(usize::MAX),
+            Some(value) => {
+                self.error(
+                    value.span(),
+                    format!("`{name}` must be 0 or more bytes, found {}", value.get_ref()),
                     Some(format!("remove it to use the default ({default})")),
                 );
                 default

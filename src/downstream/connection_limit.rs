@@ -17,17 +17,38 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
-use super::per_ip::PerIp;
+use super::per_ip::{IpSlot, PerIp};
 use crate::config::Limits;
 use crate::metrics::METRICS;
 
 tokio::task_local! {
-    static HEADER_COMPLETE: Arc<AtomicBool>;
+    static CONNECTION: Arc<ConnectionTicket>;
+}
+
+/// One accepted connection's place under the caps, released when the last holder drops it:
+/// the keep-alive loop below, and a stream that outlives its request (a detached SSE writer).
+pub struct ConnectionTicket {
+    open: Arc<AtomicUsize>,
+    _ip_slot: Option<IpSlot>,
+    /// The current request's header has been read in full.
+    header_complete: AtomicBool,
+}
+
+impl Drop for ConnectionTicket {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Called by the proxy once a request header has been read in full.
 pub fn mark_header_complete() {
-    let _ = HEADER_COMPLETE.try_with(|complete| complete.store(true, Ordering::Relaxed));
+    let _ = CONNECTION.try_with(|ticket| ticket.header_complete.store(true, Ordering::Relaxed));
+}
+
+/// The current connection's ticket, for a task that keeps serving the connection after its
+/// request has returned to pingora, so that it stays counted.
+pub fn hold_connection() -> Option<Arc<ConnectionTicket>> {
+    CONNECTION.try_with(Arc::clone).ok()
 }
 
 /// Wraps the HTTP application and runs its keep-alive loop itself, so one connection is
@@ -35,7 +56,7 @@ pub fn mark_header_complete() {
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
     limits: Limits,
-    open: AtomicUsize,
+    open: Arc<AtomicUsize>,
     per_ip: Arc<PerIp>,
 }
 
@@ -44,17 +65,9 @@ impl<A> ConnectionLimit<A> {
         ConnectionLimit {
             inner: Arc::new(inner),
             limits,
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(PerIp::default()),
         }
-    }
-}
-
-struct OpenGuard<'a>(&'a AtomicUsize);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -62,7 +75,11 @@ impl Drop for OpenGuard<'_> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let was_open = self.open.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenGuard(&self.open);
+        let mut ticket = ConnectionTicket {
+            open: Arc::clone(&self.open),
+            _ip_slot: None,
+            header_complete: AtomicBool::new(false),
+        };
         if was_open >= self.limits.max_connections {
             METRICS.limit_hits.with_label_values(&["connections"]).inc();
             return None;
@@ -73,9 +90,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
                 .and_then(|addr| addr.as_inet())
                 .map(|addr| addr.ip())
         });
-        let _slot = match ip {
-            Some(ip) => match self.per_ip.acquire(ip, self.limits.max_connections_per_ip) {
-                Some(slot) => Some(slot),
+        if let Some(ip) = ip {
+            match self.per_ip.acquire(ip, self.limits.max_connections_per_ip) {
+                Some(slot) => ticket._ip_slot = Some(slot),
                 None => {
                     METRICS
                         .limit_hits
@@ -83,17 +100,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
                         .inc();
                     return None;
                 }
-            },
-            None => None,
-        };
+            }
+        }
+        let ticket = Arc::new(ticket);
         let mut next = Some(stream);
         while let Some(stream) = next.take() {
-            let complete = Arc::new(AtomicBool::new(false));
-            let request =
-                HEADER_COMPLETE.scope(Arc::clone(&complete), self.inner.process_new(stream, shutdown));
+            ticket.header_complete.store(false, Ordering::Relaxed);
+            let request = CONNECTION.scope(Arc::clone(&ticket), self.inner.process_new(stream, shutdown));
             let deadline = async {
                 tokio::time::sleep(self.limits.request_header_timeout).await;
-                if complete.load(Ordering::Relaxed) {
+                if ticket.header_complete.load(Ordering::Relaxed) {
                     std::future::pending::<()>().await;
                 }
             };

@@ -159,26 +159,21 @@ impl Sidecar {
                 return respond_reason(session, 403, "this Origin may not open WebSockets here", &[]).await;
             }
         }
-        let grant = match &spec.auth {
+        let expiry = match &spec.auth {
             Some(policy) => {
                 let instance = route.key.to_string();
-                match self
+                // Boxed: the check (JWKS fetch, callback request) is a large future, and
+                // inline it would enlarge every held stream's future.
+                let admit = self
                     .gatekeeper
-                    .admit(policy, session.req_header(), &instance, &self.client)
-                    .await
-                {
-                    Ok(grant) => Some(grant),
+                    .admit(policy, session.req_header(), &instance, &self.client);
+                match Box::pin(admit).await {
+                    Ok(grant) => auth::Expiry::new(&grant, policy),
                     Err(denial) => return self.refuse(session, transport, spec, denial).await,
                 }
             }
             None => None,
         };
-        let ends_at = grant.and_then(|grant| grant.expires_at).map(|at| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::Instant::now() + left
-        });
         let key = route
             .key
             .with_forwarded(router::forwarded_headers(session.req_header(), spec));
@@ -193,16 +188,11 @@ impl Sidecar {
         match transport {
             Transport::Sse => {
                 let drain = sse::Drain {
-                    signal: &self.shutdown,
+                    signal: self.shutdown.clone(),
                     spread: self.drain_spread,
                 };
-                let served = sse::serve(session, topic, spec, &drain, ends_at).await;
-                if ends_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
-                    if let Some(policy) = &spec.auth {
-                        auth::record_expiry(policy);
-                    }
-                }
-                served
+                let in_flight = self.in_flight.enter();
+                sse::serve(session, topic, spec, &drain, expiry, in_flight).await
             }
             // The rarer, larger futures are boxed: a match holds its largest arm inline, and
             // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
@@ -233,7 +223,8 @@ impl Sidecar {
                     &spec.websocket,
                     spec.write_timeout,
                     &self.shutdown,
-                    ends_at,
+                    expiry,
+                    self.in_flight.enter(),
                 ))
                 .await
             }
@@ -295,6 +286,7 @@ impl ProxyHttp for Sidecar {
                 ECHO_WRITE_TIMEOUT,
                 &self.shutdown,
                 None,
+                self.in_flight.enter(),
             ))
             .await?;
             return Ok(true);

@@ -4,21 +4,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Expiry;
+use super::connection_limit::{self, ConnectionTicket};
+use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
 use crate::config::TopicSpec;
-use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Topic};
+use crate::hub::message::http_chunk;
+use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Subscription, Topic};
 use crate::metrics::{SubscriberGauge, METRICS};
 
 /// Bytes gathered into one write when several messages are already queued.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
+/// `: keepalive\n\n` as one chunk.
+const KEEPALIVE_CHUNK: &[u8] = b"d\r\n: keepalive\n\n\r\n";
 
 enum Step {
     Deliver(Delivery),
@@ -85,21 +93,26 @@ pub async fn retry_later(session: &mut Session, retry: Duration, reason: &str) -
 }
 
 /// The process-wide drain: its signal, and the window over which streams are ended.
-pub struct Drain<'a> {
-    pub signal: &'a CancellationToken,
+pub struct Drain {
+    pub signal: CancellationToken,
     /// Streams end at a random moment within this window after the signal, so that the
     /// clients' reconnections (to other pods) are spread rather than a storm.
     pub spread: Duration,
 }
 
+/// Answers an SSE request: subscribes, writes the response header through pingora (so its
+/// modules, such as CORS, see it), then takes the connection out of pingora and hands it to
+/// a small task of its own. A held stream then costs its socket, its queue and that task,
+/// not a whole pingora request (whose state is several times larger and is polled through
+/// on every wake-up).
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
     spec: &TopicSpec,
-    drain: &Drain<'_>,
-    ends_at: Option<Instant>,
+    drain: &Drain,
+    expiry: Option<Expiry>,
+    in_flight: InFlightGuard,
 ) -> Result<()> {
-    let shutdown = drain.signal;
     let resume = sse_resume(session.req_header());
     let Subscribe {
         reset,
@@ -107,17 +120,11 @@ pub async fn serve(
         subscription,
         ..
     } = topic.subscribe(resume);
-    let topic_name: &str = &topic.key().name;
-    let _connected = SubscriberGauge::new(topic_name, "sse");
-    let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
-    let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
 
     let mut response = ResponseHeader::build(200, Some(5))?;
     response.insert_header("Content-Type", "text/event-stream")?;
     response.insert_header("Cache-Control", "no-cache, no-transform")?;
     response.insert_header("X-Accel-Buffering", "no")?;
-    // pingora only flushes per write with chunked framing; a Content-Length body would sit
-    // in its buffer until complete.
     response.insert_header("Transfer-Encoding", "chunked")?;
     session.write_response_header(Box::new(response), false).await?;
 
@@ -131,129 +138,163 @@ pub async fn serve(
         first.put_slice(&message.sse_frame);
     }
     drop(backlog);
-    session.write_response_body(Some(first.freeze()), false).await?;
-    let mut last_write = Instant::now();
-    // Event topics tell the client when messages were dropped for it (`drop_oldest`): an
-    // `event: reset` before the next message. State topics just move to the newest state.
-    let signal_gaps = spec.mode() == Mode::Events;
-    let mut stale = topic.watch_stale();
-    if *stale.borrow_and_update() {
-        session
-            .write_response_body(Some(stale_frame(true)), false)
-            .await?;
-    }
 
-    let mut stalled = false;
-    // Set once the drain starts: when this stream ends. A stream opened during the drain
-    // ends at once.
-    let mut closing_at: Option<Instant> = None;
-    let opened_during_drain = shutdown.is_cancelled();
-    let end = loop {
-        let step = tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if closing_at.is_none() => {
-                let delay = if opened_during_drain {
-                    Duration::ZERO
-                } else {
-                    drain.spread.mul_f64(rand::random_range(0.0..1.0))
-                };
-                closing_at = Some(Instant::now() + delay);
-                continue;
-            }
-            _ = sleep_until_or_never(closing_at) => Step::Drain,
-            _ = sleep_until_or_never(ends_at) => Step::CredentialsExpired,
-            // Before deliveries: "fresh again" precedes the first new message.
-            Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
-            delivery = subscription.recv() => Step::Deliver(delivery),
-            _ = tokio::time::sleep_until(last_write + spec.keepalive) => Step::Keepalive,
-            _ = session.read_body_or_idle(true) => Step::ClientGone,
-        };
-        let chunk = match step {
-            Step::Deliver(Delivery::Message { message, skipped }) => {
-                // The common case is one message and no gap: its shared frame, no copy.
-                // Otherwise one write for everything already queued, to spare syscalls.
-                let single = skipped == 0 || !signal_gaps;
-                let chunk = match subscription.try_recv() {
-                    None if single => {
-                        deliveries.inc();
-                        message.sse_frame.clone()
-                    }
-                    first_next => {
-                        let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
-                        append(&mut batch, &message, skipped, signal_gaps);
-                        let mut count = 1;
-                        let mut pending = first_next;
-                        while let Some(Delivery::Message { message, skipped }) = pending.take() {
-                            append(&mut batch, &message, skipped, signal_gaps);
-                            count += 1;
-                            if batch.len() < MAX_BATCH_BYTES {
-                                pending = subscription.try_recv();
-                            }
-                        }
-                        deliveries.inc_by(count);
-                        batch.freeze()
-                    }
-                };
-                bytes_written.inc_by(chunk.len() as u64);
-                chunk
-            }
-            Step::Deliver(Delivery::Closed(CloseReason::Overflow)) => {
-                // The client fell too far behind under the `disconnect` policy: it reconnects
-                // with Last-Event-ID and replays from history.
-                break Some(Bytes::from_static(b": too slow, reconnect to resume\n\n"));
-            }
-            Step::Deliver(Delivery::Closed(CloseReason::TopicClosed)) | Step::Drain => {
-                break Some(Bytes::from(format!(": draining\nretry: {retry_ms}\n\n")));
-            }
-            Step::CredentialsExpired => {
-                // The client reconnects (with a fresh token, or gets its 401 then).
-                break Some(Bytes::from_static(b": credentials expired\n\n"));
-            }
-            Step::Stale(now_stale) => stale_frame(now_stale),
-            Step::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),
-            Step::ClientGone => break None,
-        };
-        // A client that stops reading fills its socket; the write deadline ends it there
-        // (its queue meanwhile is bounded by the topic's policy).
-        match tokio::time::timeout(
-            spec.write_timeout,
-            session.write_response_body(Some(chunk), false),
-        )
-        .await
+    // The header sits in the connection's write buffer and goes out with the first chunk.
+    let stream = match *take_connection(session) {
+        ServerSession::H1(http1) => http1.into_inner(),
+        _ => return Ok(()),
+    };
+    let task = SseStream {
+        topic,
+        subscription,
+        keepalive: spec.keepalive,
+        write_timeout: spec.write_timeout,
+        signal_gaps: spec.mode() == Mode::Events,
+        retry_ms,
+        drain_signal: drain.signal.clone(),
+        drain_spread: drain.spread,
+        expiry,
+        _in_flight: in_flight,
+        _connection: connection_limit::hold_connection(),
+    };
+    let fut = task.run(stream, first.freeze());
+    tokio::spawn(fut);
+    Ok(())
+}
+
+/// One SSE client after its request: everything it needs, nothing of pingora's.
+struct SseStream {
+    topic: Arc<Topic>,
+    subscription: Subscription,
+    keepalive: Duration,
+    write_timeout: Duration,
+    /// Event topics tell the client when messages were dropped for it (`drop_oldest`): an
+    /// `event: reset` before the next message. State topics just move to the newest state.
+    signal_gaps: bool,
+    retry_ms: u64,
+    drain_signal: CancellationToken,
+    drain_spread: Duration,
+    expiry: Option<Expiry>,
+    /// Keeps a drain waiting for this stream, and the connection counted under the limits.
+    _in_flight: InFlightGuard,
+    _connection: Option<Arc<ConnectionTicket>>,
+}
+
+impl SseStream {
+    async fn run(self, stream: Stream, first: Bytes) {
+        let topic_name: &str = &self.topic.key().name;
+        let _connected = SubscriberGauge::new(topic_name, "sse");
+        let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
+        let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        if !write_chunk(&mut writer, http_chunk(&first), self.write_timeout).await {
+            return;
+        }
+        let mut last_write = Instant::now();
+        let mut stale = self.topic.watch_stale();
+        if *stale.borrow_and_update()
+            && !write_chunk(&mut writer, http_chunk(&stale_frame(true)), self.write_timeout).await
         {
-            Ok(written) => written?,
-            Err(_) => {
-                stalled = true;
+            return;
+        }
+        // Set once the drain starts: when this stream ends. A stream opened during the drain
+        // ends at once.
+        let mut closing_at: Option<Instant> = None;
+        let opened_during_drain = self.drain_signal.is_cancelled();
+        // A client sends nothing after its request; a read that returns is its departure.
+        let mut probe = [0u8; 1];
+        let end = loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.drain_signal.cancelled(), if closing_at.is_none() => {
+                    let delay = if opened_during_drain {
+                        Duration::ZERO
+                    } else {
+                        self.drain_spread.mul_f64(rand::random_range(0.0..1.0))
+                    };
+                    closing_at = Some(Instant::now() + delay);
+                    continue;
+                }
+                _ = sleep_until_or_never(closing_at) => Step::Drain,
+                _ = sleep_until_or_never(self.expiry.as_ref().map(|e| e.at)) => Step::CredentialsExpired,
+                // Before deliveries: "fresh again" precedes the first new message.
+                Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
+                delivery = self.subscription.recv() => Step::Deliver(delivery),
+                _ = tokio::time::sleep_until(last_write + self.keepalive) => Step::Keepalive,
+                _ = reader.read(&mut probe) => Step::ClientGone,
+            };
+            let chunk = match step {
+                Step::Deliver(Delivery::Message { message, skipped }) => {
+                    // The common case is one message and no gap: its shared chunk, no copy.
+                    // Otherwise one write for everything already queued, to spare syscalls.
+                    let single = skipped == 0 || !self.signal_gaps;
+                    match self.subscription.try_recv() {
+                        None if single => {
+                            deliveries.inc();
+                            message.sse_chunk()
+                        }
+                        first_next => {
+                            let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
+                            append(&mut batch, &message, skipped, self.signal_gaps);
+                            let mut count = 1;
+                            let mut pending = first_next;
+                            while let Some(Delivery::Message { message, skipped }) = pending.take() {
+                                append(&mut batch, &message, skipped, self.signal_gaps);
+                                count += 1;
+                                if batch.len() < MAX_BATCH_BYTES {
+                                    pending = self.subscription.try_recv();
+                                }
+                            }
+                            deliveries.inc_by(count);
+                            http_chunk(&batch)
+                        }
+                    }
+                }
+                Step::Deliver(Delivery::Closed(CloseReason::Overflow)) => {
+                    // The client fell too far behind under the `disconnect` policy: it
+                    // reconnects with Last-Event-ID and replays from history.
+                    break Some(Bytes::from_static(b": too slow, reconnect to resume\n\n"));
+                }
+                Step::Deliver(Delivery::Closed(CloseReason::TopicClosed)) | Step::Drain => {
+                    break Some(Bytes::from(format!(": draining\nretry: {}\n\n", self.retry_ms)));
+                }
+                Step::CredentialsExpired => {
+                    if let Some(expiry) = &self.expiry {
+                        expiry.record();
+                    }
+                    // The client reconnects (with a fresh token, or gets its 401 then).
+                    break Some(Bytes::from_static(b": credentials expired\n\n"));
+                }
+                Step::Stale(now_stale) => http_chunk(&stale_frame(now_stale)),
+                Step::Keepalive => Bytes::from_static(KEEPALIVE_CHUNK),
+                Step::ClientGone => break None,
+            };
+            let length = chunk.len();
+            // A client that stops reading fills its socket; the write deadline ends it there
+            // (its queue meanwhile is bounded by the topic's policy).
+            if !write_chunk(&mut writer, chunk, self.write_timeout).await {
                 break None;
             }
-        }
-        last_write = Instant::now();
-    };
-    drop(subscription);
-    match end {
-        Some(goodbye) => {
-            match tokio::time::timeout(
-                spec.write_timeout,
-                session.write_response_body(Some(goodbye), true),
-            )
-            .await
-            {
-                Ok(written) => written,
-                Err(_) => {
-                    drop(take_connection(session));
-                    Ok(())
-                }
+            bytes_written.inc_by(length as u64);
+            last_write = Instant::now();
+        };
+        if let Some(goodbye) = end {
+            let mut last = BytesMut::from(&http_chunk(&goodbye)[..]);
+            last.put_slice(b"0\r\n\r\n");
+            if write_chunk(&mut writer, last.freeze(), self.write_timeout).await {
+                let _ = tokio::time::timeout(self.write_timeout, writer.shutdown()).await;
             }
         }
-        // A write was cut off mid-chunk: the connection is unusable; close it now.
-        None if stalled => {
-            drop(take_connection(session));
-            Ok(())
-        }
-        None => {
-            // Nobody is listening; the connection is not reusable either.
-            session.set_keepalive(None);
-            Ok(())
-        }
+        // Dropping the halves closes the socket, at once even with unsent bytes (a client
+        // that stopped reading).
     }
+}
+
+/// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.
+async fn write_chunk(writer: &mut WriteHalf<Stream>, chunk: Bytes, limit: Duration) -> bool {
+    let write = async {
+        writer.write_all(&chunk).await?;
+        writer.flush().await
+    };
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }

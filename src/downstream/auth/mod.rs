@@ -153,12 +153,29 @@ impl Gatekeeper {
     }
 }
 
-/// Records a stream ended because its credentials expired.
-pub fn record_expiry(spec: &AuthSpec) {
-    METRICS
-        .auth_decisions
-        .with_label_values(&[&spec.name, "expired"])
-        .inc();
+/// When a stream's credentials stop being valid, and under which policy.
+pub struct Expiry {
+    pub at: tokio::time::Instant,
+    pub policy: Arc<AuthSpec>,
+}
+
+impl Expiry {
+    pub fn new(grant: &Grant, policy: &Arc<AuthSpec>) -> Option<Self> {
+        let at = grant.expires_at?;
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(Expiry {
+            at: tokio::time::Instant::now() + left,
+            policy: Arc::clone(policy),
+        })
+    }
+
+    /// Records that a stream was ended for it.
+    pub fn record(&self) {
+        METRICS
+            .auth_decisions
+            .with_label_values(&[&self.policy.name, "expired"])
+            .inc();
+    }
 }
 
 fn no_token_reason(jwt: &JwtSpec) -> String {

@@ -14,6 +14,7 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::{Options, Role, WebSocket, WebSocketError};
 
+use super::super::auth::Expiry;
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
 use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscription};
@@ -60,7 +61,7 @@ pub struct Connection {
     deflate: bool,
     feed: Feed,
     /// When the client's credentials expire (the connection is closed with 1008 then).
-    ends_at: Option<Instant>,
+    expiry: Option<Expiry>,
     inbound_rate: RateLimit,
 }
 
@@ -101,7 +102,7 @@ impl Connection {
         spec: &WebsocketSpec,
         write_timeout: Duration,
         feed: Feed,
-        ends_at: Option<Instant>,
+        expiry: Option<Expiry>,
     ) -> Result<Self, WebSocketError> {
         // yawc refuses a frame whose payload reaches its limit, so allow exactly the maximum.
         // The message limit applies after inflating, so a deflate bomb stops at it.
@@ -110,6 +111,10 @@ impl Connection {
         let options = Options::default()
             .with_utf8()
             .with_limits(frame_limit, message_limit)
+            // yawc starts with 8 KiB each way; most connections are idle listeners, hub
+            // frames bypass yawc's writer, and both buffers grow when a frame needs it.
+            .with_read_buffer_capacity(256)
+            .with_write_buffer_capacity(128)
             .with_low_latency_compression();
         let (shared, raw, close_sent) = share(stream);
         let ws = WebSocket::from_stream_with_extensions(shared, Role::Server, extension, options)?;
@@ -121,7 +126,7 @@ impl Connection {
             write_timeout,
             deflate: extension.is_some(),
             feed,
-            ends_at,
+            expiry,
             inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
         })
     }
@@ -152,7 +157,7 @@ impl Connection {
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
-                    _ = sleep_until_or_never(self.ends_at) => Event::CredentialsExpired,
+                    _ = sleep_until_or_never(self.expiry.as_ref().map(|e| e.at)) => Event::CredentialsExpired,
                 }
             };
             let keep_going = match event {
@@ -185,6 +190,9 @@ impl Connection {
                     self.send(Frame::ping("sidestream")).await
                 }
                 Event::CredentialsExpired => {
+                    if let Some(expiry) = &self.expiry {
+                        expiry.record();
+                    }
                     if let Feed::Topic { subscribed, .. } = &self.feed {
                         tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials expired; closing");
                     }
@@ -370,7 +378,7 @@ impl Connection {
             Feed::Topic {
                 inbound: Some(inbound),
                 ..
-            } => match forward(inbound, payload, text).await {
+            } => match Box::pin(forward(inbound, payload, text)).await {
                 Some(body) if std::str::from_utf8(&body).is_ok() => Frame::text(body),
                 Some(body) => Frame::binary(body),
                 None => return true,

@@ -16,6 +16,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::InFlightGuard;
 use super::response::{respond_reason, sse_resume, take_connection};
 use crate::config::{UrlTemplate, WebsocketSpec};
 use crate::hub::{Resume, Topic};
@@ -65,13 +66,16 @@ const NOT_FORWARDED: &[&str] = &[
     "accept-encoding",
 ];
 
+/// Answers a WebSocket upgrade: handshake checks, subscription, `101`, then the connection
+/// is taken out of pingora and served by its own task.
 pub async fn serve(
     session: &mut Session,
     mut target: Target,
     spec: &WebsocketSpec,
     write_timeout: Duration,
     shutdown: &CancellationToken,
-    ends_at: Option<tokio::time::Instant>,
+    expiry: Option<super::auth::Expiry>,
+    in_flight: InFlightGuard,
 ) -> Result<()> {
     let accepted = match handshake::accept(session.req_header(), spec.deflate) {
         Ok(accepted) => accepted,
@@ -129,7 +133,7 @@ pub async fn serve(
         spec,
         write_timeout,
         feed,
-        ends_at,
+        expiry,
     ) {
         Ok(connection) => connection,
         Err(error) => {
@@ -137,7 +141,16 @@ pub async fn serve(
             return Ok(());
         }
     };
-    connection.run(shutdown).await;
+    // The connection lives on in a task of its own, as SSE streams do: pingora's request
+    // state is released, and the task keeps the drain waiting and the connection counted.
+    let shutdown = shutdown.clone();
+    let ticket = super::connection_limit::hold_connection();
+    let task = async move {
+        let _in_flight = in_flight;
+        let _ticket = ticket;
+        connection.run(&shutdown).await;
+    };
+    tokio::spawn(task);
     Ok(())
 }
 
