@@ -13,25 +13,6 @@ path = "/prices/{symbol}"
 source.poll = { url = "/p/{symbol}", interval_ms = 50, jitter_ms = 0 }
 "#;
 
-fn scrape(body: &str) -> prometheus_parse::Scrape {
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let backend = TestBackend::start().await;
@@ -42,7 +23,7 @@ async fn metrics_parse_and_move_with_traffic() {
 
     let before = scrape(&get(sidecar.admin_port, "/metrics", &[]).await.text());
     assert_eq!(
-        value(&before, "sidestream_subscribers", &[("transport", "sse")]),
+        metric_value(&before, "sidestream_subscribers", &[("transport", "sse")]),
         0.0
     );
 
@@ -61,39 +42,39 @@ async fn metrics_parse_and_move_with_traffic() {
     let after = scrape(&reply.text());
     let topic = [("topic", "prices")];
     assert_eq!(
-        value(
+        metric_value(
             &after,
             "sidestream_subscribers",
             &[("topic", "prices"), ("transport", "sse")]
         ),
         1.0
     );
-    assert_eq!(value(&after, "sidestream_topic_instances", &[]), 1.0);
-    assert!(value(&after, "sidestream_messages_published_total", &topic) >= 2.0);
+    assert_eq!(metric_value(&after, "sidestream_topic_instances", &[]), 1.0);
+    assert!(metric_value(&after, "sidestream_messages_published_total", &topic) >= 2.0);
     assert!(
-        value(
+        metric_value(
             &after,
             "sidestream_deliveries_total",
             &[("topic", "prices"), ("transport", "sse")]
         ) >= 2.0
     );
-    assert!(value(&after, "sidestream_bytes_written_total", &[("transport", "sse")]) > 0.0);
+    assert!(metric_value(&after, "sidestream_bytes_written_total", &[("transport", "sse")]) > 0.0);
     assert!(
-        value(
+        metric_value(
             &after,
             "sidestream_upstream_requests_total",
             &[("topic", "prices"), ("outcome", "changed")]
         ) >= 2.0
     );
     assert!(
-        value(
+        metric_value(
             &after,
             "sidestream_upstream_requests_total",
             &[("topic", "prices"), ("outcome", "unchanged")]
         ) >= 1.0
     );
     assert!(
-        value(
+        metric_value(
             &after,
             "sidestream_upstream_request_duration_seconds_count",
             &topic
@@ -105,7 +86,7 @@ async fn metrics_parse_and_move_with_traffic() {
     stale.next_event().await.unwrap();
     let resumed = scrape(&get(sidecar.admin_port, "/metrics", &[]).await.text());
     assert_eq!(
-        value(
+        metric_value(
             &resumed,
             "sidestream_resumes_total",
             &[("topic", "prices"), ("outcome", "reset")]

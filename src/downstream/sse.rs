@@ -18,7 +18,6 @@ use super::connection_limit::{self, ConnectionTicket};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
 use crate::config::TopicSpec;
-use crate::hub::message::http_chunk;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Subscription, Topic};
 use crate::metrics::{SubscriberGauge, METRICS};
 
@@ -231,7 +230,7 @@ impl SseStream {
                     match self.subscription.try_recv() {
                         None if single => {
                             deliveries.inc();
-                            message.sse_chunk()
+                            message.framed_sse(http_chunk)
                         }
                         first_next => {
                             let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
@@ -290,6 +289,15 @@ impl SseStream {
     }
 }
 
+/// `data` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1).
+fn http_chunk(data: &[u8]) -> Bytes {
+    let mut chunk = Vec::with_capacity(data.len() + 12);
+    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    Bytes::from(chunk)
+}
+
 /// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.
 async fn write_chunk(writer: &mut WriteHalf<Stream>, chunk: Bytes, limit: Duration) -> bool {
     let write = async {
@@ -297,4 +305,20 @@ async fn write_chunk(writer: &mut WriteHalf<Stream>, chunk: Bytes, limit: Durati
         writer.flush().await
     };
     matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_carry_their_hex_length() {
+        assert_eq!(&http_chunk(b"data: x\n\n")[..], b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(&http_chunk(&[b'a'; 26])[..4], b"1a\r\n");
+        assert_eq!(
+            &http_chunk(b": keepalive\n\n")[..],
+            KEEPALIVE_CHUNK,
+            "the constant is the chunk of its comment"
+        );
+    }
 }

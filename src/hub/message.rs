@@ -33,8 +33,8 @@ pub struct Message {
     /// WebSocket frames, made on first use (topics nobody follows by WebSocket pay nothing)
     /// and then shared: indexed by envelope (raw, json) × (plain, deflated).
     websocket_frames: [OnceLock<Bytes>; 4],
-    /// The SSE frame as one HTTP/1.1 chunk, made on first use.
-    sse_chunk: OnceLock<Bytes>,
+    /// The SSE frame in its transport framing, made on first use.
+    framed_sse: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -49,14 +49,15 @@ impl Message {
             sse_frame,
             json_entry,
             websocket_frames: Default::default(),
-            sse_chunk: OnceLock::new(),
+            framed_sse: OnceLock::new(),
         }
     }
 
-    /// The SSE frame framed as one chunk of a chunked response body, so that a stream's
-    /// write of it is one shared buffer.
-    pub fn sse_chunk(&self) -> Bytes {
-        self.sse_chunk.get_or_init(|| http_chunk(&self.sse_frame)).clone()
+    /// The SSE frame wrapped by `frame` (the transport's framing, e.g. an HTTP/1.1 chunk),
+    /// made by the first stream that asks and shared by all of them. One transport frames
+    /// SSE, so one slot is enough.
+    pub fn framed_sse(&self, frame: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        self.framed_sse.get_or_init(|| frame(&self.sse_frame)).clone()
     }
 
     /// The WebSocket frame of this message for `envelope`, deflated when `deflate` (and the
@@ -92,15 +93,6 @@ impl Message {
     pub fn event_name(&self) -> &str {
         self.event.as_deref().unwrap_or("message")
     }
-}
-
-/// `data` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1).
-pub fn http_chunk(data: &[u8]) -> Bytes {
-    let mut chunk = Vec::with_capacity(data.len() + 12);
-    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    chunk.extend_from_slice(data);
-    chunk.extend_from_slice(b"\r\n");
-    Bytes::from(chunk)
 }
 
 /// Encodes one SSE event. Every line of the payload becomes its own `data:` line (CR, LF and

@@ -649,11 +649,14 @@ fn parse_block(block: &[u8]) -> SseEvent {
     event
 }
 
-/// The sum of a metric's samples whose labels include `labels`, from the admin listener.
-pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let body = get(admin_port, "/metrics", &[]).await.text();
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("valid Prometheus text format");
+/// Parses Prometheus text (failing the test when it is not valid).
+pub fn scrape(body: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text format")
+}
+
+/// The sum of a metric's samples whose labels include `labels`.
+pub fn metric_value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
@@ -665,4 +668,10 @@ pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64
             _ => 0.0,
         })
         .sum()
+}
+
+/// [`metric_value`] read from the admin listener.
+pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let body = get(admin_port, "/metrics", &[]).await.text();
+    metric_value(&scrape(&body), name, labels)
 }
