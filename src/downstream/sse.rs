@@ -9,7 +9,7 @@ use pingora_core::protocols::Stream;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -185,14 +185,16 @@ impl SseStream {
         let _connected = SubscriberGauge::new(topic_name, "sse");
         let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
         let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        if !write_chunk(&mut writer, http_chunk(&first), self.write_timeout).await {
+        // One owner for both directions: the read below is a `select!` branch, dropped before
+        // any write, so no split (and its lock) is needed.
+        let mut stream = stream;
+        if !write_chunk(&mut stream, http_chunk(&first), self.write_timeout).await {
             return;
         }
         let mut last_write = Instant::now();
         let mut stale = self.topic.watch_stale();
         if *stale.borrow_and_update()
-            && !write_chunk(&mut writer, http_chunk(&stale_frame(true)), self.write_timeout).await
+            && !write_chunk(&mut stream, http_chunk(&stale_frame(true)), self.write_timeout).await
         {
             return;
         }
@@ -220,7 +222,7 @@ impl SseStream {
                 Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
                 delivery = self.subscription.recv() => Step::Deliver(delivery),
                 _ = tokio::time::sleep_until(last_write + self.keepalive) => Step::Keepalive,
-                _ = reader.read(&mut probe) => Step::ClientGone,
+                _ = stream.read(&mut probe) => Step::ClientGone,
             };
             let chunk = match step {
                 Step::Deliver(Delivery::Message { message, skipped }) => {
@@ -271,7 +273,7 @@ impl SseStream {
             let length = chunk.len();
             // A client that stops reading fills its socket; the write deadline ends it there
             // (its queue meanwhile is bounded by the topic's policy).
-            if !write_chunk(&mut writer, chunk, self.write_timeout).await {
+            if !write_chunk(&mut stream, chunk, self.write_timeout).await {
                 break None;
             }
             bytes_written.inc_by(length as u64);
@@ -280,11 +282,11 @@ impl SseStream {
         if let Some(goodbye) = end {
             let mut last = BytesMut::from(&http_chunk(&goodbye)[..]);
             last.put_slice(b"0\r\n\r\n");
-            if write_chunk(&mut writer, last.freeze(), self.write_timeout).await {
-                let _ = tokio::time::timeout(self.write_timeout, writer.shutdown()).await;
+            if write_chunk(&mut stream, last.freeze(), self.write_timeout).await {
+                let _ = tokio::time::timeout(self.write_timeout, stream.shutdown()).await;
             }
         }
-        // Dropping the halves closes the socket, at once even with unsent bytes (a client
+        // Dropping the stream closes the socket, at once even with unsent bytes (a client
         // that stopped reading).
     }
 }
@@ -299,7 +301,7 @@ fn http_chunk(data: &[u8]) -> Bytes {
 }
 
 /// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.
-async fn write_chunk(writer: &mut WriteHalf<Stream>, chunk: Bytes, limit: Duration) -> bool {
+async fn write_chunk(writer: &mut Stream, chunk: Bytes, limit: Duration) -> bool {
     let write = async {
         writer.write_all(&chunk).await?;
         writer.flush().await
