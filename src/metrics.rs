@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Requests from an origin not in `[cors] allowed_origins` (WebSocket refused, no CORS
     /// headers otherwise).
     pub origin_refusals: IntCounter,
+    /// Client connections open on the main listener (admitted under `[limits]`).
+    pub client_connections: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -83,11 +85,12 @@ impl Metrics {
         registry
             .register(Box::new(upstream_duration.clone()))
             .expect("unique histogram");
-        let topic_instances =
-            IntGauge::new("sidestream_topic_instances", "live topic instances").expect("valid gauge");
-        registry
-            .register(Box::new(topic_instances.clone()))
-            .expect("unique gauge");
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid gauge");
+            registry.register(Box::new(metric.clone())).expect("unique gauge");
+            metric
+        };
+        let topic_instances = gauge("sidestream_topic_instances", "live topic instances");
         Metrics {
             upstream_requests: counter_vec(
                 "sidestream_upstream_requests_total",
@@ -167,6 +170,10 @@ impl Metrics {
             origin_refusals: counter(
                 "sidestream_origin_refusals_total",
                 "requests from origins outside the CORS allowlist",
+            ),
+            client_connections: gauge(
+                "sidestream_client_connections",
+                "client connections open on the main listener",
             ),
             registry,
         }

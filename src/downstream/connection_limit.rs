@@ -32,11 +32,16 @@ pub struct ConnectionTicket {
     _ip_slot: Option<IpSlot>,
     /// The current request's header has been read in full.
     header_complete: AtomicBool,
+    /// Passed the caps (and so counted in the open-connections gauge).
+    admitted: bool,
 }
 
 impl Drop for ConnectionTicket {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.admitted {
+            METRICS.client_connections.dec();
+        }
     }
 }
 
@@ -79,6 +84,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
             open: Arc::clone(&self.open),
             _ip_slot: None,
             header_complete: AtomicBool::new(false),
+            admitted: false,
         };
         if was_open >= self.limits.max_connections {
             METRICS.limit_hits.with_label_values(&["connections"]).inc();
@@ -102,6 +108,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
                 }
             }
         }
+        ticket.admitted = true;
+        METRICS.client_connections.inc();
         let ticket = Arc::new(ticket);
         let mut next = Some(stream);
         while let Some(stream) = next.take() {

@@ -62,12 +62,26 @@ pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitSta
 /// An upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A free loopback port: bind, read, release (pingora cannot report the port it bound).
+/// Ports handed to sidecars come from below the kernel's ephemeral range (32768–60999 here),
+/// so that no `bind(0)` elsewhere (a test backend, a client socket) can take one between its
+/// release here and pingora's bind. Each test process starts at its own offset.
+const PORT_RANGE: std::ops::Range<u32> = 20_000..32_000;
+
+/// A free loopback port from a small process-wide registry: bound and released once to check
+/// it is free, never handed out twice (pingora cannot report the port it bound).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let offset = (std::process::id() % 200) * 50;
+    for _ in 0..span {
+        let candidate = PORT_RANGE.start + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(candidate).expect("in range");
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}");
 }
 
 /// Polls `check` every 20 ms until it holds or `WAIT` runs out.
