@@ -135,8 +135,7 @@ impl Sidecar {
         let method = &session.req_header().method;
         if method == http::Method::OPTIONS {
             let headers = cors::preflight_headers(&self.cors);
-            let response = pingora_http::ResponseHeader::build(204, Some(headers.len() + 1))?;
-            let mut response = response;
+            let mut response = pingora_http::ResponseHeader::build(204, Some(headers.len() + 1))?;
             for (name, value) in headers {
                 response.insert_header(name, value)?;
             }

@@ -25,15 +25,12 @@ pub fn take_connection(session: &mut Session) -> Box<pingora_core::protocols::ht
 /// Writes a complete response with a `Content-Length` body (empty for `HEAD` and `304`).
 pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: Bytes) -> Result<()> {
     let head = session.req_header().method == http::Method::HEAD;
-    let no_body = head || response.status.as_u16() == 304;
-    response.insert_header(
-        "Content-Length",
-        if response.status.as_u16() == 304 {
-            0
-        } else {
-            body.len()
-        },
-    )?;
+    let status = response.status.as_u16();
+    let no_body = head || status == 304 || status == 204;
+    // A 204 carries no Content-Length at all (RFC 9110 §8.6); a 304 repeats a zero.
+    if status != 204 {
+        response.insert_header("Content-Length", if status == 304 { 0 } else { body.len() })?;
+    }
     let send_body = !no_body && !body.is_empty();
     session
         .write_response_header(Box::new(response), !send_body)
