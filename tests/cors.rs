@@ -44,7 +44,10 @@ async fn preflight_and_responses_carry_cors_only_for_allowed_origins() {
     )
     .await;
     assert_eq!(preflight.status, 204);
-    assert!(preflight.header("content-length").is_none(), "a 204 has no Content-Length");
+    assert!(
+        preflight.header("content-length").is_none(),
+        "a 204 has no Content-Length"
+    );
     assert_eq!(preflight.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(preflight.header("access-control-allow-credentials"), Some("true"));
     assert!(preflight
