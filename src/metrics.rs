@@ -14,6 +14,14 @@ pub struct Metrics {
     /// Upstream exchanges by outcome: `changed`, `unchanged`, `error`, `timeout`, `circuit_open`.
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
+    /// How long requests waited for the backend budget, by `priority` (`auth`, `held`,
+    /// `idle`): the stretch of poll intervals when `max_requests_per_second` is short.
+    pub upstream_budget_wait: HistogramVec,
+    /// Requests waiting for the backend budget now, by `priority`.
+    pub upstream_budget_waiting: IntGaugeVec,
+    /// Backend requests refused before they were sent, by traffic `class` (`topic`, `auth`,
+    /// `inbound`) and `reason` (`circuit_open`, `no_permit`, `no_budget`).
+    pub upstream_refusals: IntCounterVec,
     pub messages_published: IntCounterVec,
     /// Messages written to clients, by transport.
     pub deliveries: IntCounterVec,
@@ -85,6 +93,20 @@ impl Metrics {
         registry
             .register(Box::new(upstream_duration.clone()))
             .expect("unique histogram");
+        let upstream_budget_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "sidestream_upstream_budget_wait_seconds",
+                "time backend requests waited for the max_requests_per_second budget",
+            )
+            .buckets(vec![
+                0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["priority"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(upstream_budget_wait.clone()))
+            .expect("unique histogram");
         let gauge = |name: &str, help: &str| {
             let metric = IntGauge::new(name, help).expect("valid gauge");
             registry.register(Box::new(metric.clone())).expect("unique gauge");
@@ -98,6 +120,17 @@ impl Metrics {
                 &["topic", "outcome"],
             ),
             upstream_duration,
+            upstream_budget_wait,
+            upstream_budget_waiting: gauge_vec(
+                "sidestream_upstream_budget_waiting",
+                "backend requests waiting for the budget",
+                &["priority"],
+            ),
+            upstream_refusals: counter_vec(
+                "sidestream_upstream_refusals_total",
+                "backend requests refused before sending, by traffic class and reason",
+                &["class", "reason"],
+            ),
             messages_published: counter_vec(
                 "sidestream_messages_published_total",
                 "messages published into topics",

@@ -35,6 +35,11 @@ pub struct RawUpstream {
     pub backoff_max_ms: Field<i64>,
     pub circuit_failure_threshold: Field<i64>,
     pub circuit_open_ms: Field<i64>,
+    pub max_requests_per_second: Field<i64>,
+    pub max_interval_ms: Field<i64>,
+    pub auth_max_concurrent_requests: Field<i64>,
+    pub inbound_max_concurrent_requests: Field<i64>,
+    pub acquire_timeout_ms: Field<i64>,
 }
 
 /// Client-facing transports a topic can offer.

@@ -96,6 +96,18 @@ pub struct UpstreamSettings {
     /// How long the circuit stays open before one probe (doubling per failed probe, capped
     /// at `backoff_max`).
     pub circuit_open: Duration,
+    /// The backend budget: requests per second from sidestream itself (polls, stream
+    /// (re)connects, auth callbacks, JWKS, inbound POSTs together; not the pass-through).
+    pub max_requests_per_second: u32,
+    /// The longest `Cache-Control: max-age`, `Retry-After` or a stream's `retry:` may push
+    /// the next request out.
+    pub max_interval: Duration,
+    /// Concurrency of auth callbacks and JWKS fetches (their own permits and breaker).
+    pub auth_max_concurrent_requests: usize,
+    /// Concurrency of inbound WebSocket POSTs (their own permits and breaker).
+    pub inbound_max_concurrent_requests: usize,
+    /// Longest wait for a concurrency permit (and, for auth and inbound, the budget).
+    pub acquire_timeout: Duration,
 }
 
 /// One `[[topic]]`, with the defaults merged in.

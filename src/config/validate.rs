@@ -10,6 +10,12 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+/// The default backend budget. 100 requests/s is what a small legacy backend (one process, a
+/// few workers, ~10-50 ms per request) serves without queueing, and it is 100 instances
+/// polled every second or 10 polled every 100 ms: far more than one sidecar's own topics
+/// need, far less than a client flood could ask for.
+pub const DEFAULT_MAX_REQUESTS_PER_SECOND: usize = 100;
+
 use super::file::{
     Field, RawAuth, RawCors, RawDefaults, RawLimits, RawServer, RawTesting, RawTopic, RawUpstream,
 };
@@ -300,6 +306,39 @@ impl<'a> Checker<'a> {
             ))
             .unwrap_or(u32::MAX),
             circuit_open: self.duration_ms(&raw.circuit_open_ms, None, "circuit_open_ms", 5_000, false),
+            max_requests_per_second: u32::try_from(self.count(
+                &raw.max_requests_per_second,
+                None,
+                "max_requests_per_second",
+                DEFAULT_MAX_REQUESTS_PER_SECOND,
+            ))
+            .unwrap_or(u32::MAX),
+            max_interval: self.duration_ms(
+                &raw.max_interval_ms,
+                None,
+                "max_interval_ms",
+                u64::try_from(backoff_max.as_millis()).unwrap_or(u64::MAX),
+                false,
+            ),
+            auth_max_concurrent_requests: self.count(
+                &raw.auth_max_concurrent_requests,
+                None,
+                "auth_max_concurrent_requests",
+                8,
+            ),
+            inbound_max_concurrent_requests: self.count(
+                &raw.inbound_max_concurrent_requests,
+                None,
+                "inbound_max_concurrent_requests",
+                8,
+            ),
+            acquire_timeout: self.duration_ms(
+                &raw.acquire_timeout_ms,
+                None,
+                "acquire_timeout_ms",
+                2_000,
+                false,
+            ),
         })
     }
 

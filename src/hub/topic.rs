@@ -113,6 +113,9 @@ pub struct Topic {
     state: Mutex<TopicState>,
     /// `true` while the upstream is failing and the data served is the last good one.
     stale: tokio::sync::watch::Sender<bool>,
+    /// Signalled by every request for the instance (short poll, subscribe): an upstream that
+    /// only polls on demand waits for it. Holds one pending signal, so none is lost.
+    demand: tokio::sync::Notify,
     pub counters: TopicCounters,
 }
 
@@ -133,6 +136,7 @@ impl Topic {
             }),
             counters: TopicCounters::default(),
             stale: tokio::sync::watch::Sender::new(false),
+            demand: tokio::sync::Notify::new(),
         })
     }
 
@@ -257,6 +261,7 @@ impl Topic {
         }
         state.last_activity = Instant::now();
         drop(state);
+        self.demand.notify_one();
         Subscribe {
             reset,
             backlog,
@@ -339,6 +344,13 @@ impl Topic {
     /// the linger counts from the last such request.
     pub fn touch(&self) {
         self.lock().last_activity = Instant::now();
+        self.demand.notify_one();
+    }
+
+    /// Waits until someone asked for the instance (a [`Topic::touch`] or a subscribe) since
+    /// the last time this returned (cancel-safe).
+    pub async fn demanded(&self) {
+        self.demand.notified().await;
     }
 
     /// `Some(idle time)` when nobody is subscribed; `None` while anyone is.

@@ -35,11 +35,53 @@ pub struct CircuitBreaker {
 }
 
 /// Whether a request may go to the backend now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Permission {
-    Go,
+#[derive(Debug)]
+pub enum Permission<'a> {
+    /// Go ahead, and report the outcome on the attempt.
+    Go(Attempt<'a>),
     /// The circuit is open (or a probe is out): fail fast for this long at most.
     Refused(Duration),
+}
+
+impl Permission<'_> {
+    pub fn is_go(&self) -> bool {
+        matches!(self, Permission::Go(_))
+    }
+}
+
+/// One admitted request. Its outcome is recorded through it; when it is dropped without one
+/// (its future was cancelled: a reap, reload or drain during the request), a probe hands the
+/// breaker back to Open-and-due, so the next request probes again instead of the breaker
+/// waiting forever for a verdict that will never come.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    pub fn success(mut self) {
+        self.settled = true;
+        self.breaker.record_success();
+    }
+
+    pub fn failure(mut self) {
+        self.settled = true;
+        self.breaker.record_failure();
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.probe_abandoned();
+        }
+    }
 }
 
 impl CircuitBreaker {
@@ -59,15 +101,20 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn permission(&self) -> Permission {
+    pub fn permission(&self) -> Permission<'_> {
         let mut inner = self.lock();
+        let attempt = |probe| Attempt {
+            breaker: self,
+            probe,
+            settled: false,
+        };
         match inner.state {
-            State::Closed { .. } => Permission::Go,
+            State::Closed { .. } => Permission::Go(attempt(false)),
             State::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
                     inner.state = State::HalfOpen;
-                    Permission::Go
+                    Permission::Go(attempt(true))
                 } else {
                     Permission::Refused(until - now)
                 }
@@ -76,7 +123,32 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn record_success(&self) {
+    /// Would a request be refused right now? (No state change: a cheap check before waiting
+    /// for the budget; the real [`CircuitBreaker::permission`] comes right before sending.)
+    pub fn refusing(&self) -> Option<Duration> {
+        let inner = self.lock();
+        match inner.state {
+            State::Closed { .. } => None,
+            State::Open { until } => until
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero()),
+            State::HalfOpen => Some(inner.open_for),
+        }
+    }
+
+    /// The probe went away without a verdict: open again, due now, so the next request is
+    /// the next probe. The open period is not doubled (nothing failed).
+    fn probe_abandoned(&self) {
+        let mut inner = self.lock();
+        if inner.state == State::HalfOpen {
+            inner.state = State::Open {
+                until: Instant::now(),
+            };
+            tracing::debug!("circuit probe cancelled; the next request probes again");
+        }
+    }
+
+    fn record_success(&self) {
         let mut inner = self.lock();
         if inner.state != (State::Closed { failures: 0 }) {
             if matches!(inner.state, State::HalfOpen) {
@@ -87,7 +159,7 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn record_failure(&self) {
+    fn record_failure(&self) {
         let mut inner = self.lock();
         match inner.state {
             State::Closed { failures } if failures + 1 < self.failure_threshold => {
@@ -124,30 +196,78 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    fn go(breaker: &CircuitBreaker) -> Attempt<'_> {
+        match breaker.permission() {
+            Permission::Go(attempt) => attempt,
+            Permission::Refused(wait) => panic!("refused for {wait:?}"),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_the_threshold_probes_once_and_doubles_on_failed_probes() {
         let breaker = CircuitBreaker::new(3, Duration::from_secs(1), Duration::from_secs(4));
         for _ in 0..2 {
-            assert_eq!(breaker.permission(), Permission::Go);
-            breaker.record_failure();
+            go(&breaker).failure();
         }
         assert!(!breaker.is_open());
-        breaker.record_failure();
+        go(&breaker).failure();
         assert!(matches!(breaker.permission(), Permission::Refused(_)));
 
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(breaker.permission(), Permission::Go, "one probe");
+        let probe = go(&breaker);
+        assert!(probe.is_probe(), "one probe");
         assert!(matches!(breaker.permission(), Permission::Refused(_)), "only one");
-        breaker.record_failure();
+        probe.failure();
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert!(
             matches!(breaker.permission(), Permission::Refused(_)),
             "now open for 2 s"
         );
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(breaker.permission(), Permission::Go);
-        breaker.record_success();
+        go(&breaker).success();
         assert!(!breaker.is_open());
-        assert_eq!(breaker.permission(), Permission::Go);
+        assert!(breaker.permission().is_go());
+    }
+
+    /// A probe whose future is dropped mid-flight (a reap, reload or drain) must not leave the
+    /// breaker half-open for good: the next request probes, and a healthy backend closes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_lets_the_next_probe_through() {
+        let breaker = std::sync::Arc::new(CircuitBreaker::new(
+            1,
+            Duration::from_secs(1),
+            Duration::from_secs(4),
+        ));
+        go(&breaker).failure();
+        assert!(breaker.is_open());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+
+        // The probe is in flight when its task is told to stop.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let probing = tokio::spawn({
+            let (breaker, stop) = (breaker.clone(), stop.clone());
+            async move {
+                let Permission::Go(probe) = breaker.permission() else {
+                    panic!("the probe is admitted");
+                };
+                assert!(probe.is_probe());
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => probe.success(),
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            matches!(breaker.permission(), Permission::Refused(_)),
+            "probe out"
+        );
+        stop.cancel();
+        probing.await.unwrap();
+
+        let next = go(&breaker);
+        assert!(next.is_probe(), "the next request is the next probe");
+        next.success();
+        assert!(!breaker.is_open(), "a healthy backend closes the breaker");
     }
 }

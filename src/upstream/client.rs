@@ -1,5 +1,6 @@
-//! The backend HTTP client: pingora's pooled `Connector`, a global concurrency cap, a
-//! whole-request timeout and a body size limit.
+//! The backend HTTP client: pingora's pooled `Connector`, the backend budget (a shared token
+//! bucket), per traffic class concurrency permits and circuit breakers, a whole-request
+//! timeout and a body size limit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,8 +11,54 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use tokio::sync::Semaphore;
 
+use super::budget::{Budget, Priority};
 use super::circuit::{CircuitBreaker, Permission};
 use crate::config::UpstreamSettings;
+use crate::metrics::METRICS;
+
+/// What a request is for. Each class has its own concurrency permits and circuit breaker,
+/// so that clients (auth, inbound messages) cannot take the backend away from the topics and
+/// a failing topic source does not lock clients out of auth; all share the one budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// A topic instance's poll or stream; `held`: someone is subscribed to it (SSE,
+    /// WebSocket, long poll), which puts it before instances only short polls keep alive.
+    Topic { held: bool },
+    /// An auth callback or a JWKS fetch.
+    Auth,
+    /// A client's WebSocket message POSTed to the topic's inbound URL.
+    Inbound,
+}
+
+impl Traffic {
+    fn class(self) -> usize {
+        match self {
+            Traffic::Topic { .. } => 0,
+            Traffic::Auth => 1,
+            Traffic::Inbound => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        CLASS_NAMES[self.class()]
+    }
+
+    fn priority(self) -> Priority {
+        match self {
+            Traffic::Auth => Priority::Auth,
+            Traffic::Topic { held: true } | Traffic::Inbound => Priority::Held,
+            Traffic::Topic { held: false } => Priority::Idle,
+        }
+    }
+}
+
+const CLASS_NAMES: [&str; 3] = ["topic", "auth", "inbound"];
+
+/// One traffic class's share of the backend.
+struct Class {
+    permits: Semaphore,
+    breaker: CircuitBreaker,
+}
 
 /// The backend as resolved at start-up.
 #[derive(Clone, Debug)]
@@ -126,6 +173,8 @@ pub enum UpstreamError {
     BodyTooLarge(usize),
     #[error("the backend is failing; the circuit breaker lets a probe through in {0:?}")]
     CircuitOpen(Duration),
+    #[error("no {0} request slot to the backend became free within {1:?}")]
+    Busy(&'static str, Duration),
 }
 
 impl From<Box<pingora_error::Error>> for UpstreamError {
@@ -140,8 +189,11 @@ pub struct UpstreamClient {
     peer: HttpPeer,
     timeout: Duration,
     max_body_bytes: usize,
-    permits: Semaphore,
-    breaker: CircuitBreaker,
+    budget: Budget,
+    /// Indexed by [`Traffic::class`].
+    classes: [Class; 3],
+    acquire_timeout: Duration,
+    max_interval: Duration,
 }
 
 impl UpstreamClient {
@@ -152,13 +204,33 @@ impl UpstreamClient {
             backend,
             timeout: settings.timeout,
             max_body_bytes: settings.max_body_bytes,
-            permits: Semaphore::new(settings.max_concurrent_requests),
-            breaker: CircuitBreaker::new(
-                settings.circuit_failure_threshold,
-                settings.circuit_open,
-                settings.backoff_max.max(settings.circuit_open),
-            ),
+            budget: Budget::new(settings.max_requests_per_second),
+            classes: [
+                settings.max_concurrent_requests,
+                settings.auth_max_concurrent_requests,
+                settings.inbound_max_concurrent_requests,
+            ]
+            .map(|permits| Class {
+                permits: Semaphore::new(permits),
+                breaker: CircuitBreaker::new(
+                    settings.circuit_failure_threshold,
+                    settings.circuit_open,
+                    settings.backoff_max.max(settings.circuit_open),
+                ),
+            }),
+            acquire_timeout: settings.acquire_timeout,
+            max_interval: settings.max_interval,
         }
+    }
+
+    /// The cap on how far `max-age`, `Retry-After` or `retry:` may push the next request.
+    pub fn max_interval(&self) -> Duration {
+        self.max_interval
+    }
+
+    /// The backend budget (for tests and admin).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     pub fn backend(&self) -> &Backend {
@@ -171,6 +243,7 @@ impl UpstreamClient {
         path: &str,
         validators: &Validators,
         extra: &[(String, String)],
+        traffic: Traffic,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let mut headers = extra.to_vec();
         if let Some(etag) = &validators.etag {
@@ -179,7 +252,7 @@ impl UpstreamClient {
         if let Some(last_modified) = &validators.last_modified {
             headers.push(("If-Modified-Since".to_string(), last_modified.clone()));
         }
-        self.send("GET", path, &headers, Bytes::new()).await
+        self.send("GET", path, &headers, Bytes::new(), traffic).await
     }
 
     /// A POST of `body` to `path` with `headers` (e.g. a WebSocket client's message).
@@ -188,8 +261,9 @@ impl UpstreamClient {
         path: &str,
         headers: &[(String, String)],
         body: Bytes,
+        traffic: Traffic,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        self.send("POST", path, headers, body).await
+        self.send("POST", path, headers, body, traffic).await
     }
 
     /// Opens a streaming GET. The concurrency permit and the timeout cover only the way to
@@ -200,13 +274,14 @@ impl UpstreamClient {
         path: &str,
         headers: &[(String, String)],
         idle_timeout: Duration,
+        traffic: Traffic,
     ) -> Result<UpstreamStream, UpstreamError> {
         let open = async {
             let (mut session, meta) = self.start("GET", path, headers, Bytes::new()).await?;
             session.set_read_timeout(Some(idle_timeout));
             Ok(UpstreamStream { session, meta })
         };
-        self.guarded(open, |stream| stream.meta.status).await
+        self.guarded(traffic, open, |stream| stream.meta.status).await
     }
 
     async fn send(
@@ -215,48 +290,99 @@ impl UpstreamClient {
         path: &str,
         headers: &[(String, String)],
         body: Bytes,
+        traffic: Traffic,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        self.guarded(self.send_unbounded(method, path, headers, body), |r| {
+        self.guarded(traffic, self.send_unbounded(method, path, headers, body), |r| {
             r.meta.status
         })
         .await
     }
 
-    /// Runs one exchange under the circuit breaker, the concurrency cap and the timeout, and
-    /// tells the breaker how it went.
+    /// Runs one exchange under its class's circuit breaker and concurrency cap, the shared
+    /// budget and the timeout, and tells the breaker how it went.
+    ///
+    /// Order: a cheap breaker check (fail fast), the budget (where the fair queue is), a
+    /// permit, then the breaker's real permission, right before sending, so a probe is never
+    /// granted to a request that then queues. Permits are taken after the budget so that no
+    /// request holds a permit while it queues for the budget.
     async fn guarded<T>(
         &self,
+        traffic: Traffic,
         exchange: impl std::future::Future<Output = Result<T, UpstreamError>>,
         status: impl Fn(&T) -> u16,
     ) -> Result<T, UpstreamError> {
-        if let Permission::Refused(wait) = self.breaker.permission() {
+        let class = &self.classes[traffic.class()];
+        let refuse = |reason: &str| {
+            METRICS
+                .upstream_refusals
+                .with_label_values(&[traffic.name(), reason])
+                .inc();
+        };
+        if let Some(wait) = class.breaker.refusing() {
+            refuse("circuit_open");
             return Err(UpstreamError::CircuitOpen(wait));
         }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| UpstreamError::Request("client is shutting down".into()))?;
+        match traffic {
+            // A topic instance's wait for the budget is its interval stretching (metered);
+            // it always ends, as the bucket refills.
+            Traffic::Topic { .. } => {
+                self.budget.acquire(traffic.priority()).await;
+            }
+            // A client waits on these: give up rather than hang.
+            Traffic::Auth | Traffic::Inbound => {
+                if tokio::time::timeout(self.acquire_timeout, self.budget.acquire(traffic.priority()))
+                    .await
+                    .is_err()
+                {
+                    refuse("no_budget");
+                    return Err(UpstreamError::Busy(traffic.name(), self.acquire_timeout));
+                }
+            }
+        }
+        let _permit = match tokio::time::timeout(self.acquire_timeout, class.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(UpstreamError::Request("client is shutting down".into())),
+            Err(_) => {
+                refuse("no_permit");
+                return Err(UpstreamError::Busy(traffic.name(), self.acquire_timeout));
+            }
+        };
+        let attempt = match class.breaker.permission() {
+            Permission::Go(attempt) => attempt,
+            Permission::Refused(wait) => {
+                refuse("circuit_open");
+                return Err(UpstreamError::CircuitOpen(wait));
+            }
+        };
         let result = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))
             .and_then(|result| result);
-        self.record(result.as_ref().map(&status));
+        if Self::failed(traffic, result.as_ref().map(&status)) {
+            attempt.failure();
+        } else {
+            attempt.success();
+        }
         result
     }
 
-    /// Feeds the circuit breaker: transport errors, timeouts and 5xx count as failures.
-    fn record(&self, outcome: Result<u16, &UpstreamError>) {
+    /// What the breaker counts as a failure: transport errors, timeouts and 5xx. For inbound
+    /// POSTs a 5xx is the backend's answer to one client's message (which that client may
+    /// have crafted to fail): only a backend that cannot be reached counts.
+    fn failed(traffic: Traffic, outcome: Result<u16, &UpstreamError>) -> bool {
         match outcome {
-            Ok(status) if status < 500 => self.breaker.record_success(),
-            Err(UpstreamError::BodyTooLarge(_)) => self.breaker.record_success(),
-            _ => self.breaker.record_failure(),
+            Ok(status) if status < 500 => false,
+            Ok(_) => traffic != Traffic::Inbound,
+            Err(UpstreamError::BodyTooLarge(_)) => false,
+            Err(_) => true,
         }
     }
 
-    /// Whether the breaker currently keeps requests from the backend.
+    /// Whether the topics' breaker currently keeps their requests from the backend.
     pub fn circuit_open(&self) -> bool {
-        self.breaker.is_open()
+        self.classes[Traffic::Topic { held: true }.class()]
+            .breaker
+            .is_open()
     }
 
     /// Sends the request (and its body) and reads the response header.

@@ -1,6 +1,7 @@
 //! Upstream: talks to the backend once per topic instance and publishes into the hub.
 
 pub mod backoff;
+pub mod budget;
 pub mod circuit;
 pub mod client;
 pub mod event_stream;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{SourceSpec, TopicSpec, UpstreamSettings};
 use crate::hub::{Topic, UpstreamLauncher};
 use backoff::Backoff;
-pub use client::{Backend, UpstreamClient, UpstreamError};
+pub use client::{Backend, Traffic, UpstreamClient, UpstreamError};
 use poll::PollTask;
 use stream::StreamTask;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::client::{UpstreamClient, UpstreamError, UpstreamResponse, Validators};
+use super::client::{Traffic, UpstreamClient, UpstreamError, UpstreamResponse, Validators};
 use crate::hub::{Payload, Topic};
 use crate::metrics::METRICS;
 
@@ -104,16 +104,21 @@ impl PollTask {
         tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
         loop {
             let started = tokio::time::Instant::now();
+            let traffic = Traffic::Topic {
+                held: self.topic.subscriber_count() > 0,
+            };
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                outcome = self.client.get(&self.url, detector.validators(), &self.topic.key().forwarded) => outcome,
+                outcome = self.client.get(&self.url, detector.validators(), &self.topic.key().forwarded, traffic) => outcome,
             };
-            // The backend may ask for more room (Retry-After, Cache-Control: max-age).
+            // The backend may ask for more room (Retry-After, Cache-Control: max-age), up to
+            // `max_interval_ms`: a backend saying "a day" must not freeze the topic for a day.
             let min_interval = outcome
                 .as_ref()
                 .ok()
                 .and_then(|r| r.meta.min_interval)
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .min(self.client.max_interval());
             let topic_name: &str = &self.topic.key().name;
             METRICS
                 .upstream_duration
@@ -175,6 +180,15 @@ impl PollTask {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
+            }
+            // Nobody held: an instance only short polls (or its linger) keep alive is polled
+            // on demand, at most once per interval, not on its own timer for the whole
+            // linger. A short poll that came in since the last request counts as demand.
+            if self.topic.subscriber_count() == 0 {
+                tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    _ = self.topic.demanded() => {}
+                }
             }
         }
         tracing::debug!(topic = %self.topic.key(), "poller stopped");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::client::UpstreamClient;
+use super::client::{Traffic, UpstreamClient};
 use super::event_stream::{EventStreamParser, NdjsonParser, StreamEvent};
 use crate::hub::{Payload, Topic};
 
@@ -96,13 +96,15 @@ impl StreamTask {
         }
         let opened = tokio::select! {
             _ = self.stop.cancelled() => return End::Stopped,
-            opened = self.client.open_stream(&self.url, &headers, self.idle_timeout) => opened,
+            opened = self.client.open_stream(&self.url, &headers, self.idle_timeout, Traffic::Topic {
+                held: self.topic.subscriber_count() > 0,
+            }) => opened,
         };
         let mut stream = match opened {
             Ok(stream) if stream.meta.status == 200 => stream,
             Ok(stream) => {
                 if let Some(min) = stream.meta.min_interval {
-                    *retry_hint = Some(min);
+                    *retry_hint = Some(min.min(self.client.max_interval()));
                 }
                 return End::Failed(format!("backend answered {}", stream.meta.status));
             }
@@ -140,7 +142,8 @@ impl StreamTask {
                     }
                     *last_event_id = parser.last_event_id().map(str::to_string);
                     if let Some(ms) = parser.retry_ms() {
-                        *retry_hint = Some(Duration::from_millis(ms));
+                        // Capped like max-age: a `retry:` of a day must not freeze the topic.
+                        *retry_hint = Some(Duration::from_millis(ms).min(self.client.max_interval()));
                     }
                 }
                 Format::Ndjson(parser) => {

@@ -124,7 +124,15 @@ async fn ask(spec: &CallbackSpec, question: &Question<'_>, client: &UpstreamClie
     let mut headers = question.headers.clone();
     headers.push(("X-Original-URI".into(), question.uri.to_string()));
     headers.push(("X-Sidestream-Topic".into(), question.instance.to_string()));
-    match client.get(&spec.url, &Validators::default(), &headers).await {
+    match client
+        .get(
+            &spec.url,
+            &Validators::default(),
+            &headers,
+            crate::upstream::Traffic::Auth,
+        )
+        .await
+    {
         Ok(response) => match response.meta.status {
             200..=299 => Ok(()),
             401 => Err(Denial::unauthenticated(

@@ -101,7 +101,12 @@ impl JwksCache {
         client: &UpstreamClient,
     ) -> Result<Vec<(Option<String>, Arc<DecodingKey>)>, String> {
         let response = client
-            .get(&self.url, &Validators::default(), &[])
+            .get(
+                &self.url,
+                &Validators::default(),
+                &[],
+                crate::upstream::Traffic::Auth,
+            )
             .await
             .map_err(|e| e.to_string())?;
         if response.meta.status != 200 {

@@ -423,7 +423,11 @@ async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes>
     let mut headers = inbound.headers.clone();
     headers.push(("Content-Type".to_string(), content_type.to_string()));
     METRICS.websocket_inbound_forwarded.inc();
-    match inbound.client.post(&inbound.url, &headers, payload).await {
+    match inbound
+        .client
+        .post(&inbound.url, &headers, payload, crate::upstream::Traffic::Inbound)
+        .await
+    {
         Ok(response) if (200..300).contains(&response.meta.status) && !response.body.is_empty() => {
             Some(response.body)
         }
