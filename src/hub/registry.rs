@@ -49,12 +49,20 @@ impl Registry {
     /// The instance for `key`, creating it (and starting its upstream) if needed. Marks it
     /// active, so the reaper leaves it alone for at least one linger period.
     pub fn get_or_create(&self, key: &TopicKey, settings: impl FnOnce() -> TopicSettings) -> Arc<Topic> {
+        self.create(key, settings, false)
+    }
+
+    fn create(&self, key: &TopicKey, settings: impl FnOnce() -> TopicSettings, pinned: bool) -> Arc<Topic> {
         let mut topics = self.lock();
         if let Some(entry) = topics.get(key) {
             entry.topic.touch();
             return entry.topic.clone();
         }
         let topic = Topic::new(key.clone(), settings());
+        if pinned {
+            // Before launch: the upstream task reads it to choose its schedule.
+            topic.pin();
+        }
         let stop = self.shutdown.child_token();
         topics.insert(
             key.clone(),
@@ -100,7 +108,8 @@ impl Registry {
         key: &TopicKey,
         settings: impl FnOnce() -> TopicSettings,
     ) -> Arc<Topic> {
-        let topic = self.get_or_create(key, settings);
+        let topic = self.create(key, settings, true);
+        topic.pin();
         if let Some(entry) = self.lock().get_mut(key) {
             entry.pinned = true;
         }

@@ -113,9 +113,11 @@ pub struct Topic {
     state: Mutex<TopicState>,
     /// `true` while the upstream is failing and the data served is the last good one.
     stale: tokio::sync::watch::Sender<bool>,
-    /// Signalled by every request for the instance (short poll, subscribe): an upstream that
-    /// only polls on demand waits for it. Holds one pending signal, so none is lost.
-    demand: tokio::sync::Notify,
+    /// Counts requests for the instance (short polls, subscribes): an upstream that polls
+    /// only on demand waits for it to move past what it saw when its last request started.
+    demand: tokio::sync::watch::Sender<u64>,
+    /// An eager instance: kept (and polled on its timer) without any client.
+    pinned: std::sync::atomic::AtomicBool,
     pub counters: TopicCounters,
 }
 
@@ -136,7 +138,8 @@ impl Topic {
             }),
             counters: TopicCounters::default(),
             stale: tokio::sync::watch::Sender::new(false),
-            demand: tokio::sync::Notify::new(),
+            demand: tokio::sync::watch::Sender::new(0),
+            pinned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -261,7 +264,7 @@ impl Topic {
         }
         state.last_activity = Instant::now();
         drop(state);
-        self.demand.notify_one();
+        self.demand.send_modify(|n| *n = n.wrapping_add(1));
         Subscribe {
             reset,
             backlog,
@@ -344,13 +347,23 @@ impl Topic {
     /// the linger counts from the last such request.
     pub fn touch(&self) {
         self.lock().last_activity = Instant::now();
-        self.demand.notify_one();
+        self.demand.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until someone asked for the instance (a [`Topic::touch`] or a subscribe) since
-    /// the last time this returned (cancel-safe).
-    pub async fn demanded(&self) {
-        self.demand.notified().await;
+    /// Marks the instance as wanted without clients (an eager topic).
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether someone waits on this instance's updates: a subscriber (SSE, WebSocket, long
+    /// poll) or its being eager. Instances that are not held are refreshed only on demand.
+    pub fn is_held(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed) || self.subscriber_count() > 0
+    }
+
+    /// Follows the requests for the instance (every [`Topic::touch`] and subscribe).
+    pub fn watch_demand(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.demand.subscribe()
     }
 
     /// `Some(idle time)` when nobody is subscribed; `None` while anyone is.

@@ -102,10 +102,13 @@ impl PollTask {
     pub async fn run(mut self) {
         let mut detector = ChangeDetector::new(self.event.clone());
         tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
+        let mut demand = self.topic.watch_demand();
         loop {
             let started = tokio::time::Instant::now();
+            // Requests from here on are answered by a later poll; earlier ones by this one.
+            demand.borrow_and_update();
             let traffic = Traffic::Topic {
-                held: self.topic.subscriber_count() > 0,
+                held: self.topic.is_held(),
             };
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -177,17 +180,19 @@ impl PollTask {
                 }
             }
             .max(min_interval);
+            // The interval runs from the start of this request, so the time spent waiting for
+            // the budget (or for the backend) does not add to every period.
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until(started + delay) => {}
             }
             // Nobody held: an instance only short polls (or its linger) keep alive is polled
             // on demand, at most once per interval, not on its own timer for the whole
-            // linger. A short poll that came in since the last request counts as demand.
-            if self.topic.subscriber_count() == 0 {
+            // linger. A short poll that came in since the last request started is demand.
+            if !self.topic.is_held() {
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
-                    _ = self.topic.demanded() => {}
+                    changed = demand.changed() => if changed.is_err() { break },
                 }
             }
         }

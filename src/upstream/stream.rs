@@ -97,7 +97,7 @@ impl StreamTask {
         let opened = tokio::select! {
             _ = self.stop.cancelled() => return End::Stopped,
             opened = self.client.open_stream(&self.url, &headers, self.idle_timeout, Traffic::Topic {
-                held: self.topic.subscriber_count() > 0,
+                held: self.topic.is_held(),
             }) => opened,
         };
         let mut stream = match opened {

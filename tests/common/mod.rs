@@ -116,6 +116,9 @@ pub enum Behaviour {
     EchoHeader(&'static str),
     /// 200 with this JSON and `Cache-Control: max-age=<seconds>`.
     JsonMaxAge(String, u64),
+    /// 200 with JSON `{"n":<requests seen on this path>}` and no validators: every poll is
+    /// a change.
+    Counter,
 }
 
 /// One request the backend saw.
@@ -326,6 +329,14 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
             .header("Cache-Control", format!("max-age={seconds}"))
             .body(Full::new(Bytes::from(text)))
             .unwrap(),
+        Some(Behaviour::Counter) => {
+            let n = state.lock().unwrap().seen.iter().filter(|s| s.path == path).count();
+            Response::builder()
+                .status(200)
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+                .unwrap()
+        }
         Some(Behaviour::EchoHeader(name)) => {
             let value = parts
                 .headers
@@ -382,13 +393,24 @@ impl TestSidecar {
     /// Starts a sidecar in front of `backend_port` with `topics` (TOML `[[topic]]` tables)
     /// and `[defaults]` lines.
     pub async fn start(backend_port: u16, defaults: &str, topics: &str) -> TestSidecar {
+        Self::start_with_upstream(backend_port, "", defaults, topics).await
+    }
+
+    /// Like [`TestSidecar::start`], with extra `[upstream]` lines (they come last, so they
+    /// may not repeat the harness's own keys).
+    pub async fn start_with_upstream(
+        backend_port: u16,
+        upstream: &str,
+        defaults: &str,
+        topics: &str,
+    ) -> TestSidecar {
         let port = free_port();
         let admin_port = free_port();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
              publish_token = \"{PUBLISH_TOKEN}\"\ndrain_timeout_ms = 3000\nthreads = 2\n\n\
              [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\ntimeout_ms = 500\n\
-             backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n\n\
+             backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n{upstream}\n\n\
              [defaults]\n{defaults}\n\n{topics}\n"
         );
         let config = sidestream::config::parse("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
