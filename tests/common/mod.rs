@@ -330,7 +330,13 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
             .body(Full::new(Bytes::from(text)))
             .unwrap(),
         Some(Behaviour::Counter) => {
-            let n = state.lock().unwrap().seen.iter().filter(|s| s.path == path).count();
+            let n = state
+                .lock()
+                .unwrap()
+                .seen
+                .iter()
+                .filter(|s| s.path == path)
+                .count();
             Response::builder()
                 .status(200)
                 .header("Content-Type", "application/json")
