@@ -300,3 +300,27 @@ async fn a_failing_topic_source_does_not_lock_out_auth() {
         .expect("auth has its own breaker");
     assert_eq!(auth.meta.status, 200);
 }
+
+/// The new `[upstream]` options are validated with their place in the file.
+#[test]
+fn budget_options_are_validated_with_file_line_col() {
+    let text = "[upstream]\nbase_url = \"http://127.0.0.1:1\"\nmax_requests_per_second = 0\n\
+                max_interval_ms = -5\nacquire_timeout_ms = 0\ninbound_max_concurrent_requests = 0\n";
+    let error = sidestream::config::parse("budget.toml", text)
+        .err()
+        .expect("invalid values are refused")
+        .to_string();
+    for (line, name) in [
+        (3, "max_requests_per_second"),
+        (4, "max_interval_ms"),
+        (5, "acquire_timeout_ms"),
+        (6, "inbound_max_concurrent_requests"),
+    ] {
+        assert!(
+            error
+                .lines()
+                .any(|l| l.starts_with(&format!("budget.toml:{line}:")) && l.contains(name)),
+            "{name} reported at line {line}:\n{error}"
+        );
+    }
+}
