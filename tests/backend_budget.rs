@@ -306,10 +306,10 @@ async fn a_failing_topic_source_does_not_lock_out_auth() {
 fn budget_options_are_validated_with_file_line_col() {
     let text = "[upstream]\nbase_url = \"http://127.0.0.1:1\"\nmax_requests_per_second = 0\n\
                 max_interval_ms = -5\nacquire_timeout_ms = 0\ninbound_max_concurrent_requests = 0\n";
-    let error = sidestream::config::parse("budget.toml", text)
-        .err()
-        .expect("invalid values are refused")
-        .to_string();
+    let Err(error) = sidestream::config::parse("budget.toml", text) else {
+        panic!("invalid values are refused");
+    };
+    let error = error.to_string();
     for (line, name) in [
         (3, "max_requests_per_second"),
         (4, "max_interval_ms"),
