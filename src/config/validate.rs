@@ -10,18 +10,18 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-/// The default backend budget. 100 requests/s is what a small legacy backend (one process, a
-/// few workers, ~10-50 ms per request) serves without queueing, and it is 100 instances
-/// polled every second or 10 polled every 100 ms: far more than one sidecar's own topics
-/// need, far less than a client flood could ask for.
-pub const DEFAULT_MAX_REQUESTS_PER_SECOND: usize = 100;
-
 use super::file::{
     Field, RawAuth, RawCors, RawDefaults, RawLimits, RawServer, RawTesting, RawTopic, RawUpstream,
 };
 use super::security::{AuthSpec, Limits, Secret};
 use super::template::PathTemplate;
 use super::{Config, ConfigError, ConfigErrors, ServerSettings, TopicSpec, UpstreamSettings};
+
+/// The default backend budget. 100 requests/s is what a small legacy backend (one process, a
+/// few workers, ~10-50 ms per request) serves without queueing, and it is 100 instances
+/// polled every second or 10 polled every 100 ms: far more than one sidecar's own topics
+/// need, far less than a client flood could ask for.
+pub const DEFAULT_MAX_REQUESTS_PER_SECOND: usize = 100;
 
 mod security;
 mod topic;
