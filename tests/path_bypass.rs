@@ -39,18 +39,25 @@ impl PermissiveBackend {
             while let Ok((stream, _)) = listener.accept().await {
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-                        record.lock().unwrap().push(target);
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .header("Content-Type", "application/json")
-                                    .body(Full::new(Bytes::from(format!("{{\"secret\":\"{PROTECTED}\"}}"))))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                            let target = request
+                                .uri()
+                                .path_and_query()
+                                .map_or("/", |p| p.as_str())
+                                .to_string();
+                            record.lock().unwrap().push(target);
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .header("Content-Type", "application/json")
+                                        .body(Full::new(Bytes::from(format!(
+                                            "{{\"secret\":\"{PROTECTED}\"}}"
+                                        ))))
+                                        .unwrap(),
+                                )
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -233,7 +240,10 @@ async fn no_spelling_of_a_protected_path_reads_it_without_auth() {
     let other = raw_request(port, "GET", "/api/other", &[]).await;
     assert_eq!(other.status, 200, "{}", other.head);
     let public = raw_request(port, "GET", "/backend/public/1", &[]).await;
-    assert_eq!(public.status, 200, "an unprotected topic's source stays reachable");
+    assert_eq!(
+        public.status, 200,
+        "an unprotected topic's source stays reachable"
+    );
     let bearer = format!("Bearer {}", token(&["prices/AAPL"]));
     for spelling in ["/api/prices/AAPL", "/api/%70rices/%41APL/", "/api//prices/AAPL"] {
         let reply = get_ready(port, spelling, &[("Authorization", &bearer)]).await;
@@ -266,7 +276,11 @@ async fn topics_claim_globs_match_the_decoded_instance() {
     let reply = get_ready(port, "/api/prices/%41APL", &auth).await;
     assert_eq!(reply.status, 200, "{} {}", reply.head, reply.body);
     // An encoded traversal never reaches the glob (`A%2F..%2FMSFT` would match `A*` raw).
-    for spelling in ["/api/prices/A%2F..%2FMSFT", "/api/prices/A%2f..%2fMSFT", "/api/prices/A%252F..%252FMSFT"] {
+    for spelling in [
+        "/api/prices/A%2F..%2FMSFT",
+        "/api/prices/A%2f..%2fMSFT",
+        "/api/prices/A%252F..%252FMSFT",
+    ] {
         let reply = raw_request(port, "GET", spelling, &auth).await;
         assert_eq!(reply.status, 400, "{spelling}: {} {}", reply.head, reply.body);
         assert!(!reply.body.contains(PROTECTED));

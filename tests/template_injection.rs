@@ -41,8 +41,14 @@ async fn values_cannot_add_parameters_or_segments_to_backend_urls() {
     let backend = TestBackend::start().await;
     // (request target, the one backend URL it may cause)
     let served = [
-        ("/search/x&limit=100000&admin=1", "/backend/search?q=x%26limit%3D100000%26admin%3D1&limit=10"),
-        ("/search/x%26admin%3D1", "/backend/search?q=x%26admin%3D1&limit=10"),
+        (
+            "/search/x&limit=100000&admin=1",
+            "/backend/search?q=x%26limit%3D100000%26admin%3D1&limit=10",
+        ),
+        (
+            "/search/x%26admin%3D1",
+            "/backend/search?q=x%26admin%3D1&limit=10",
+        ),
         ("/search/a+b", "/backend/search?q=a%2Bb&limit=10"),
         ("/search/a%20b%23c", "/backend/search?q=a%20b%23c&limit=10"),
         ("/search/%3Fq=1", "/backend/search?q=%3Fq%3D1&limit=10"),
@@ -60,7 +66,11 @@ async fn values_cannot_add_parameters_or_segments_to_backend_urls() {
     let port = sidecar.port;
     for (target, url) in served {
         let reply = get_ready(port, target).await;
-        assert_eq!(reply.status, 200, "{target} (→ {url}): {} {}", reply.head, reply.body);
+        assert_eq!(
+            reply.status, 200,
+            "{target} (→ {url}): {} {}",
+            reply.head, reply.body
+        );
     }
     let refused = [
         "/files/..",

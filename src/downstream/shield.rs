@@ -202,6 +202,66 @@ mod tests {
     }
 
     #[test]
+    fn shields_the_backend_paths_of_topics_with_auth_below_the_base_path() {
+        let text = r#"
+[upstream]
+base_url = "http://127.0.0.1:3000/v1/"
+
+[[topic]]
+name = "prices"
+path = "/prices/{symbol}"
+source.poll = { url = "/quotes/{symbol}?depth=1" }
+websocket = { inbound = "/quotes/{symbol}/orders" }
+auth = "keys"
+
+[[topic]]
+name = "rooms"
+path = "/rooms/{room}"
+source.stream = { url = "/rooms/{room}/events" }
+auth = "gate"
+
+[[topic]]
+name = "open"
+path = "/open/{id}"
+source.poll = { url = "/open/{id}" }
+
+[auth.keys.jwt]
+algorithms = ["ES256"]
+jwks_url = "/.well-known/jwks.json"
+
+[auth.gate.callback]
+url = "/auth/check?v=2"
+"#;
+        let config = crate::config::parse("shield.toml", text).expect("valid config");
+        let shield = Shield::new(&config.topics, &config.upstream.path_prefix);
+        assert_eq!(
+            shield.descriptions(),
+            vec![
+                "/v1/quotes/* (source of topic prices)",
+                "/v1/quotes/*/orders (websocket.inbound of topic prices)",
+                "/v1/.well-known/jwks.json (JWKS of auth policy keys)",
+                "/v1/rooms/*/events (source of topic rooms)",
+                "/v1/auth/check (auth callback of auth policy gate)",
+            ]
+        );
+        let covers = |raw: &str| {
+            shield
+                .covers(&CanonicalPath::parse(raw).expect("canonical"))
+                .is_some()
+        };
+        assert!(covers("/v1/quotes/AAPL"));
+        assert!(covers("/v1/auth/check"));
+        assert!(
+            !covers("/quotes/AAPL"),
+            "the pass-through sends paths as they are, not below /v1"
+        );
+        assert!(
+            !covers("/v1/open/1"),
+            "a topic without auth has nothing to shield"
+        );
+    }
+
+    #[test]
     fn covers_case_and_parameter_variants() {
         let mut shield = Shield::default();
         shield.add(

@@ -19,7 +19,8 @@ pub struct RawReply {
 /// the response. Bounded by `WAIT`.
 pub async fn raw_request(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> RawReply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
