@@ -65,7 +65,10 @@ impl App {
         ));
         let registry = Arc::new(Registry::new(launcher.clone(), shutdown.clone()));
         Ok(App {
-            topics: Arc::new(TopicTable::new(config.topics.clone())),
+            topics: Arc::new(TopicTable::new(
+                config.topics.clone(),
+                &config.upstream.path_prefix,
+            )),
             config,
             client,
             launcher,

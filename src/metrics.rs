@@ -49,6 +49,10 @@ pub struct Metrics {
     /// Requests from an origin not in `[cors] allowed_origins` (WebSocket refused, no CORS
     /// headers otherwise).
     pub origin_refusals: IntCounter,
+    /// Request paths refused before routing, by `reason`: a canonicalization refusal
+    /// (`dot_segment`, `encoded_separator`, …, `400`) or `shielded` (a pass-through to a
+    /// protected topic's backend path, `403`).
+    pub path_refusals: IntCounterVec,
     /// Client connections open on the main listener (admitted under `[limits]`).
     pub client_connections: IntGauge,
 }
@@ -203,6 +207,11 @@ impl Metrics {
             origin_refusals: counter(
                 "sidestream_origin_refusals_total",
                 "requests from origins outside the CORS allowlist",
+            ),
+            path_refusals: counter_vec(
+                "sidestream_path_refusals_total",
+                "request paths refused before routing (ambiguous spelling, or a shielded backend path)",
+                &["reason"],
             ),
             client_connections: gauge(
                 "sidestream_client_connections",

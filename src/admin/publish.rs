@@ -73,7 +73,7 @@ pub async fn handle(admin: &Admin, session: &mut ServerSession, topic_path: &str
         return unauthorized("wrong publish token");
     }
     let router = admin.topics.current();
-    let Some(route) = router.route(topic_path) else {
+    let Some(route) = router.route_raw(topic_path) else {
         return text(404, &format!("no topic has the path {topic_path}"));
     };
     if !matches!(route.spec.source, SourceSpec::Push) {

@@ -57,7 +57,7 @@ impl HttpModule for Cors {
         let Some(origin) = request.headers.get("origin") else {
             return Ok(());
         };
-        if self.topics.current().route(request.uri.path()).is_none() {
+        if self.topics.current().route_raw(request.uri.path()).is_none() {
             return Ok(());
         }
         match origin.to_str() {

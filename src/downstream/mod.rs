@@ -2,6 +2,7 @@
 //! transport the request picks; every other request passes through to the backend.
 
 pub mod auth;
+pub mod canonical;
 pub mod connection_limit;
 pub mod cors;
 pub mod in_flight;
@@ -9,6 +10,7 @@ pub mod long_poll;
 pub mod per_ip;
 pub mod response;
 pub mod router;
+pub mod shield;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;
@@ -290,11 +292,32 @@ impl ProxyHttp for Sidecar {
             .await?;
             return Ok(true);
         }
-        let router = self.topics.current();
-        let Some(route) = router.route(&path) else {
+        if path == "*" {
+            // `OPTIONS *` asks about the server, not about any topic or backend resource.
             return Ok(false);
+        }
+        // Routing and the pass-through shield see one spelling of the path; a spelling that
+        // servers read differently is refused, so none can reach a topic's data around it.
+        let path = match canonical::CanonicalPath::parse(&path) {
+            Ok(path) => path,
+            Err(refusal) => {
+                METRICS.path_refusals.with_label_values(&[refusal.label()]).inc();
+                respond_reason(session, 400, &refusal.to_string(), &[]).await?;
+                return Ok(true);
+            }
         };
-        self.serve_topic(session, route).await?;
-        Ok(true)
+        let router = self.topics.current();
+        if let Some(route) = router.route(&path) {
+            self.serve_topic(session, route).await?;
+            return Ok(true);
+        }
+        if let Some(what) = router.shielded(&path) {
+            METRICS.path_refusals.with_label_values(&["shielded"]).inc();
+            let reason =
+                format!("this path is the backend's {what}, which has auth: read it through the topic");
+            respond_reason(session, 403, &reason, &[]).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use pingora_http::RequestHeader;
 
+use super::canonical::CanonicalPath;
+use super::shield::Shield;
 use crate::config::{TopicSpec, Transport};
 use crate::hub::TopicKey;
 
@@ -17,32 +19,53 @@ pub struct Route<'a> {
 
 pub struct Router {
     topics: Vec<TopicSpec>,
+    shield: Shield,
 }
 
 /// The current topics, swappable by a reload while requests keep reading the old ones they
 /// started with.
-pub struct TopicTable(std::sync::RwLock<Arc<Router>>);
+pub struct TopicTable {
+    current: std::sync::RwLock<Arc<Router>>,
+    /// `upstream.base_url`'s path (changes only with a restart): shielded paths are below it.
+    path_prefix: String,
+}
 
 impl TopicTable {
-    pub fn new(topics: Vec<TopicSpec>) -> Self {
-        TopicTable(std::sync::RwLock::new(Arc::new(Router::new(topics))))
+    pub fn new(topics: Vec<TopicSpec>, path_prefix: &str) -> Self {
+        TopicTable {
+            current: std::sync::RwLock::new(Arc::new(Router::new(topics, path_prefix))),
+            path_prefix: path_prefix.to_string(),
+        }
     }
 
     pub fn current(&self) -> Arc<Router> {
-        self.0
+        self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     pub fn replace(&self, topics: Vec<TopicSpec>) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Router::new(topics));
+        let router = Arc::new(Router::new(topics, &self.path_prefix));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = router;
     }
 }
 
 impl Router {
-    pub fn new(topics: Vec<TopicSpec>) -> Self {
-        Router { topics }
+    /// Also says (once per start or reload) which backend paths the pass-through refuses.
+    pub fn new(topics: Vec<TopicSpec>, path_prefix: &str) -> Self {
+        let shield = Shield::new(&topics, path_prefix);
+        let shielded = shield.descriptions();
+        if !shielded.is_empty() {
+            tracing::info!(
+                paths = ?shielded,
+                "the pass-through refuses (403) these backend paths of topics with auth"
+            );
+        }
+        Router { topics, shield }
     }
 
     pub fn topics(&self) -> &[TopicSpec] {
@@ -50,13 +73,25 @@ impl Router {
     }
 
     /// The topic instance `path` names, if any. Validation guarantees at most one matches.
-    pub fn route(&self, path: &str) -> Option<Route<'_>> {
+    /// The instance's parameters are the decoded segments.
+    pub fn route(&self, path: &CanonicalPath) -> Option<Route<'_>> {
         self.topics.iter().find_map(|spec| {
-            spec.path.matches(path).map(|params| Route {
+            spec.path.matches_segments(path.segments()).map(|params| Route {
                 spec,
                 key: TopicKey::new(Arc::clone(&spec.name), params),
             })
         })
+    }
+
+    /// [`Router::route`] for a path as it came on the wire; a path refused by
+    /// canonicalization is no topic.
+    pub fn route_raw(&self, raw_path: &str) -> Option<Route<'_>> {
+        self.route(&CanonicalPath::parse(raw_path).ok()?)
+    }
+
+    /// What `path` is on the backend, when the pass-through must refuse it.
+    pub fn shielded(&self, path: &CanonicalPath) -> Option<&str> {
+        self.shield.covers(path)
     }
 }
 
@@ -105,7 +140,7 @@ pub fn choose_transport(request: &RequestHeader, spec: &TopicSpec) -> Result<Tra
                 reason: format!("unknown transport {other:?}; use sse, long_poll, short_poll or websocket"),
             })
         }
-        None if header(request, "upgrade").is_some() => Transport::Websocket,
+        None if upgrades_to_websocket(request) => Transport::Websocket,
         None if accepts_event_stream(request) => Transport::Sse,
         None if wants_wait(request) => Transport::LongPoll,
         None => Transport::ShortPoll,
@@ -133,6 +168,22 @@ pub fn transport_name(transport: Transport) -> &'static str {
         Transport::ShortPoll => "short_poll",
         Transport::Websocket => "websocket",
     }
+}
+
+/// `Upgrade` lists `websocket` among its protocols; any other upgrade (`h2c`, TLS) is not
+/// offered here and the request is served as if it had asked for none (RFC 9110 §7.8).
+fn upgrades_to_websocket(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get_all("upgrade")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| {
+            // A protocol may carry a version (`websocket/13`); the name is what counts.
+            let name = protocol.trim().split('/').next().unwrap_or("");
+            name.eq_ignore_ascii_case("websocket")
+        })
 }
 
 fn accepts_event_stream(request: &RequestHeader) -> bool {

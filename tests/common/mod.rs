@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod raw;
 pub mod ws;
 
 use async_trait::async_trait;
