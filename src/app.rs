@@ -52,6 +52,8 @@ pub struct App {
 
 impl App {
     pub fn build(config: Config) -> Result<Self, AppError> {
+        // The hub reports what it does through a trait; the metrics record it.
+        crate::hub::events::install(&*crate::metrics::METRICS);
         let backend = Backend::resolve(&config.upstream).map_err(|source| AppError::Resolve {
             authority: config.upstream.authority.clone(),
             source,

@@ -247,3 +247,34 @@ impl Drop for SubscriberGauge {
         self.0.dec();
     }
 }
+
+/// The hub reports through [`crate::hub::HubEvents`]; this records its events.
+impl crate::hub::HubEvents for Metrics {
+    fn published(&self, topic: &str, policy: &'static str, dropped: u64, disconnected: u64) {
+        self.messages_published.with_label_values(&[topic]).inc();
+        if dropped > 0 {
+            self.overflow
+                .with_label_values(&[topic, policy, "dropped"])
+                .inc_by(dropped);
+        }
+        if disconnected > 0 {
+            self.overflow
+                .with_label_values(&[topic, policy, "disconnected"])
+                .inc_by(disconnected);
+        }
+    }
+
+    fn resumed(&self, topic: &str, outcome: &'static str) {
+        self.resumes.with_label_values(&[topic, outcome]).inc();
+    }
+
+    fn deflated(&self, bytes_in: usize, bytes_out: usize) {
+        self.websocket_deflate_compressions.inc();
+        self.websocket_deflate_bytes
+            .with_label_values(&["in"])
+            .inc_by(bytes_in as u64);
+        self.websocket_deflate_bytes
+            .with_label_values(&["out"])
+            .inc_by(bytes_out as u64);
+    }
+}

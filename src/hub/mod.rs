@@ -2,6 +2,7 @@
 //! HTTP or pingora; upstreams publish into it and downstream transports subscribe to it.
 
 pub mod cursor;
+pub mod events;
 pub mod history;
 pub mod message;
 pub mod registry;
@@ -11,6 +12,7 @@ pub mod topic_key;
 pub mod websocket_frame;
 
 pub use cursor::{Cursor, CursorParseError, Epoch};
+pub use events::HubEvents;
 pub use history::HistoryLimits;
 pub use message::{Message, Payload};
 pub use registry::{Registry, UpstreamLauncher};

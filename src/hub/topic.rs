@@ -12,7 +12,6 @@ use super::history::{History, HistoryLimits, Replay};
 use super::message::{Message, Payload};
 use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
 pub use super::topic_key::TopicKey;
-use crate::metrics::METRICS;
 
 /// What a message of the topic means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -177,18 +176,13 @@ impl Topic {
             disconnected += u64::from(counts.disconnected);
         }
         drop(state);
-        let name: &str = &self.key.name;
-        METRICS.messages_published.with_label_values(&[name]).inc();
-        if dropped > 0 || disconnected > 0 {
-            let policy = self.settings.on_full.name();
-            METRICS
-                .overflow
-                .with_label_values(&[name, policy, "dropped"])
-                .inc_by(dropped);
-            METRICS
-                .overflow
-                .with_label_values(&[name, policy, "disconnected"])
-                .inc_by(disconnected);
+        if let Some(observer) = super::events::observer() {
+            observer.published(
+                &self.key.name,
+                self.settings.on_full.name(),
+                dropped,
+                disconnected,
+            );
         }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -249,10 +243,9 @@ impl Topic {
         let (reset, backlog) = self.backlog_for(&state.history, resume);
         if resume != Resume::Latest {
             let outcome = if reset.is_some() { "reset" } else { "replayed" };
-            METRICS
-                .resumes
-                .with_label_values(&[&self.key.name, outcome])
-                .inc();
+            if let Some(observer) = super::events::observer() {
+                observer.resumed(&self.key.name, outcome);
+            }
         }
         let start = state.history.cursor();
         let id = state.next_subscriber_id;

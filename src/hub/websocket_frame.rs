@@ -7,8 +7,6 @@ use std::io::Write;
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 
-use crate::metrics::METRICS;
-
 /// What a WebSocket message of a topic carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,7 +43,6 @@ pub fn encode_frame(payload: &[u8], text: bool, compressed: bool) -> Bytes {
 /// Deflates one whole message per RFC 7692 with no context carried over (the server always
 /// negotiates `server_no_context_takeover`), so the result is valid for every client.
 pub fn deflate_message(payload: &[u8]) -> std::io::Result<Bytes> {
-    METRICS.websocket_deflate_compressions.inc();
     let mut encoder = DeflateEncoder::new(Vec::with_capacity(payload.len() / 2 + 64), Compression::fast());
     encoder.write_all(payload)?;
     // A sync flush ends the data with an empty stored block, 00 00 FF FF, which the
@@ -55,14 +52,9 @@ pub fn deflate_message(payload: &[u8]) -> std::io::Result<Bytes> {
     if output.ends_with(&[0x00, 0x00, 0xFF, 0xFF]) {
         output.truncate(output.len() - 4);
     }
-    METRICS
-        .websocket_deflate_bytes
-        .with_label_values(&["in"])
-        .inc_by(payload.len() as u64);
-    METRICS
-        .websocket_deflate_bytes
-        .with_label_values(&["out"])
-        .inc_by(output.len() as u64);
+    if let Some(observer) = super::events::observer() {
+        observer.deflated(payload.len(), output.len());
+    }
     Ok(Bytes::from(output))
 }
 
