@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod connection_limit;
 pub mod cors;
+pub mod header_budget;
 pub mod in_flight;
 pub mod long_poll;
 pub mod per_ip;
