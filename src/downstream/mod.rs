@@ -214,9 +214,10 @@ impl Sidecar {
         };
         let forwarded = router::forwarded_headers(session.req_header(), spec);
         let key = route.key.with_forwarded(forwarded.clone());
-        // A new instance is paid for from the client's share; joining one never is.
+        // A new instance is paid for from the client's share; joining one never is. At the
+        // global cap nothing is created, so nothing is charged (the cap answers below).
         let mut new_instance_for = None;
-        if self.registry.get(&key).is_none() {
+        if self.registry.get(&key).is_none() && self.registry.len() < self.limits.max_topic_instances {
             let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
             let clients = self.instance_quota.clients(ip, &forwarded);
             if let Err(refusal) = self.instance_quota.admit(&clients) {
