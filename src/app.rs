@@ -46,6 +46,9 @@ pub struct App {
     topics: Arc<TopicTable>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
+    /// Stops the upstream tasks: only once the drain is over, so that streams still open
+    /// during it keep receiving fresh data (`shutdown` starts the drain).
+    upstream_stop: CancellationToken,
     /// The file SIGHUP re-reads; `None`: no hot reload.
     config_path: Option<PathBuf>,
 }
@@ -59,13 +62,14 @@ impl App {
             source,
         })?;
         let shutdown = CancellationToken::new();
+        let upstream_stop = CancellationToken::new();
         let client = Arc::new(UpstreamClient::new(backend, &config.upstream));
         let launcher = Arc::new(SourceLauncher::new(
             &config.topics,
             client.clone(),
             config.upstream.clone(),
         ));
-        let registry = Arc::new(Registry::new(launcher.clone(), shutdown.clone()));
+        let registry = Arc::new(Registry::new(launcher.clone(), upstream_stop.clone()));
         Ok(App {
             topics: Arc::new(TopicTable::new(
                 config.topics.clone(),
@@ -76,6 +80,7 @@ impl App {
             launcher,
             registry,
             shutdown,
+            upstream_stop,
             config_path: None,
         })
     }
@@ -169,11 +174,13 @@ impl App {
             shutdown_signal: Box::new(ForwardShutdown {
                 inner: signal,
                 token: self.shutdown.clone(),
+                upstream_stop: self.upstream_stop.clone(),
                 in_flight,
                 drain_timeout: self.config.server.drain_timeout,
             }),
         });
         self.shutdown.cancel();
+        self.upstream_stop.cancel();
         self.registry.close_all();
         tracing::info!("sidestream stopped");
     }
@@ -221,10 +228,13 @@ impl BackgroundService for Reaper {
 
 /// The drain: on a graceful signal, tell every stream to wind down (SSE gets a `retry:` and
 /// ends), wait until requests in progress are done or `drain_timeout` passes, and only then
-/// pass the signal to pingora, which stops accepting and drops what is left.
+/// stop the upstream tasks and pass the signal to pingora, which stops accepting and drops
+/// what is left. Until then the upstreams run on, so a stream waiting for its turn to end
+/// still receives every update.
 struct ForwardShutdown {
     inner: Box<dyn ShutdownSignalWatch + Send + Sync>,
     token: CancellationToken,
+    upstream_stop: CancellationToken,
     in_flight: Arc<InFlight>,
     drain_timeout: Duration,
 }
@@ -236,9 +246,11 @@ impl ShutdownSignalWatch for ForwardShutdown {
         self.token.cancel();
         if matches!(signal, ShutdownSignal::FastShutdown) {
             tracing::info!("fast shutdown requested");
+            self.upstream_stop.cancel();
             return signal;
         }
         tracing::info!(in_flight = self.in_flight.count(), "shutdown requested: draining");
+        let _stop_upstreams = self.upstream_stop.clone().drop_guard();
         tokio::select! {
             idle = self.in_flight.wait_idle(self.drain_timeout) => {
                 if !idle {

@@ -121,3 +121,91 @@ async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
     assert_eq!(exit.code(), Some(0));
     let _ = std::fs::remove_file(config);
 }
+
+/// The upstreams run until the drain is over: a stream waiting for its turn to end still
+/// receives every update, instead of the data frozen at the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_keep_receiving_updates_during_the_drain() {
+    let backend = TestBackend::start().await;
+    backend.set("/prices/F", Behaviour::Json("{\"p\":0}".into()));
+    let (port, admin_port) = (free_port(), free_port());
+    let config = std::env::temp_dir().join(format!("sidestream-drain-fresh-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 100 }}\n",
+            backend.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = SseClient::connect(port, "/prices/F", &[]).await;
+        client.next_event().await.unwrap();
+        clients.push(client);
+    }
+    // The backend's value changes every 100 ms, through the drain.
+    let updates = tokio::spawn({
+        let backend = backend.clone();
+        async move {
+            for p in 1..200u32 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                backend.set("/prices/F", Behaviour::Json(format!("{{\"p\":{p}}}")));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    let reads: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                // Events that arrive from 300 ms after the signal: later than any update
+                // that was already under way when it came.
+                let mut fresh = 0;
+                while let Some(block) = client.next_block().await {
+                    if block.data.is_some() && started.elapsed() > Duration::from_millis(300) {
+                        fresh += 1;
+                    }
+                }
+                (started.elapsed(), fresh)
+            })
+        })
+        .collect();
+    let mut late_closers = 0;
+    for read in reads {
+        let (closed_at, fresh) = read.await.unwrap();
+        if closed_at > Duration::from_millis(1000) {
+            late_closers += 1;
+            assert!(
+                fresh > 0,
+                "a stream open {closed_at:?} into the drain got no update after the signal"
+            );
+        }
+    }
+    assert!(late_closers > 0, "some streams stay open well into the drain");
+    updates.abort();
+    assert_eq!(terminate(&mut child).await.code(), Some(0));
+    let _ = std::fs::remove_file(config);
+}

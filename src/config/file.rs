@@ -161,6 +161,8 @@ pub struct RawLimits {
     pub max_connections_per_ip: Field<i64>,
     pub max_topic_instances: Field<i64>,
     pub max_long_polls_per_ip: Field<i64>,
+    pub max_topic_instances_per_client: Field<i64>,
+    pub topic_instance_creations_per_client_per_minute: Field<i64>,
     pub max_request_header_bytes: Field<i64>,
     pub request_header_timeout_ms: Field<i64>,
 }

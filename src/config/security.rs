@@ -51,6 +51,11 @@ pub struct Limits {
     pub max_topic_instances: usize,
     /// Long polls held at once for one IP address (`429` beyond).
     pub max_long_polls_per_ip: usize,
+    /// Live topic instances one client created (a client: its IP address, and separately its
+    /// identity, the forwarded header values, on topics with `forward_headers`).
+    pub max_topic_instances_per_client: usize,
+    /// Topic instances one client may create per minute (a token bucket, bursts included).
+    pub topic_instance_creations_per_client_per_minute: usize,
     /// Request line plus headers of any request (`431` beyond).
     pub max_request_header_bytes: usize,
     /// Time to send a complete request header, from the connection's start or the previous
@@ -66,6 +71,11 @@ impl Default for Limits {
             max_connections_per_ip: 2_048,
             max_topic_instances: 10_000,
             max_long_polls_per_ip: 1_024,
+            // A page or a dashboard uses a handful of instances; 256 still serves a few dozen
+            // such clients behind one NAT, and one client can take at most 1/40 of the
+            // global cap. Behind an ingress (one IP for everyone) raise both.
+            max_topic_instances_per_client: 256,
+            topic_instance_creations_per_client_per_minute: 600,
             max_request_header_bytes: 32 * 1024,
             request_header_timeout: Duration::from_secs(15),
         }

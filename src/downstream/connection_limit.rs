@@ -7,9 +7,10 @@
 //! a client dripping one byte at a time (slowloris) would hold its connection forever. Each
 //! request's header must be complete within `request_header_timeout_ms` of the connection
 //! opening (or of the previous response); the proxy marks the moment through a task-local
-//! flag, set in `early_request_filter` on this same task.
+//! flag, set in `early_request_filter` on this same task. The same flag ends the header's
+//! byte budget (see `header_budget`): until it is set, the connection's reads are capped.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
+use super::header_budget::{HeaderBudget, HeaderLimited};
 use super::per_ip::{IpSlot, PerIp};
 use crate::config::Limits;
 use crate::metrics::METRICS;
@@ -30,8 +32,8 @@ tokio::task_local! {
 pub struct ConnectionTicket {
     open: Arc<AtomicUsize>,
     _ip_slot: Option<IpSlot>,
-    /// The current request's header has been read in full.
-    header_complete: AtomicBool,
+    /// The current request's header: read in full yet, and its byte budget.
+    header: Arc<HeaderBudget>,
     /// Passed the caps (and so counted in the open-connections gauge).
     admitted: bool,
 }
@@ -47,7 +49,7 @@ impl Drop for ConnectionTicket {
 
 /// Called by the proxy once a request header has been read in full.
 pub fn mark_header_complete() {
-    let _ = CONNECTION.try_with(|ticket| ticket.header_complete.store(true, Ordering::Relaxed));
+    let _ = CONNECTION.try_with(|ticket| ticket.header.mark_complete());
 }
 
 /// The current connection's ticket, for a task that keeps serving the connection after its
@@ -83,7 +85,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         let mut ticket = ConnectionTicket {
             open: Arc::clone(&self.open),
             _ip_slot: None,
-            header_complete: AtomicBool::new(false),
+            header: HeaderBudget::new(self.limits.max_request_header_bytes),
             admitted: false,
         };
         if was_open >= self.limits.max_connections {
@@ -111,13 +113,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         ticket.admitted = true;
         METRICS.client_connections.inc();
         let ticket = Arc::new(ticket);
-        let mut next = Some(stream);
+        let mut next = Some(HeaderLimited::wrap(stream, Arc::clone(&ticket.header)));
         while let Some(stream) = next.take() {
-            ticket.header_complete.store(false, Ordering::Relaxed);
+            ticket.header.start_request();
             let request = CONNECTION.scope(Arc::clone(&ticket), self.inner.process_new(stream, shutdown));
             let deadline = async {
                 tokio::time::sleep(self.limits.request_header_timeout).await;
-                if ticket.header_complete.load(Ordering::Relaxed) {
+                if ticket.header.is_complete() {
                     std::future::pending::<()>().await;
                 }
             };

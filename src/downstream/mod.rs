@@ -5,7 +5,9 @@ pub mod auth;
 pub mod canonical;
 pub mod connection_limit;
 pub mod cors;
+pub mod header_budget;
 pub mod in_flight;
+pub mod instance_quota;
 pub mod long_poll;
 pub mod per_ip;
 pub mod response;
@@ -32,6 +34,7 @@ use crate::metrics::METRICS;
 use crate::upstream::UpstreamClient;
 use auth::{Denial, Gatekeeper};
 use in_flight::{InFlight, InFlightGuard};
+use instance_quota::{InstanceQuota, QuotaRefusal};
 use per_ip::PerIp;
 use response::respond_reason;
 use router::{choose_transport, Route, TopicTable};
@@ -54,6 +57,7 @@ pub struct Sidecar {
     limits: Limits,
     cors: Arc<CorsSettings>,
     long_polls: Arc<PerIp>,
+    instance_quota: InstanceQuota,
 }
 
 /// Response headers of a refusal that asks the client to come back later.
@@ -96,6 +100,10 @@ impl Sidecar {
             limits: config.limits.clone(),
             cors: Arc::new(config.cors.clone()),
             long_polls: Arc::new(PerIp::default()),
+            instance_quota: InstanceQuota::new(
+                config.limits.max_topic_instances_per_client,
+                config.limits.topic_instance_creations_per_client_per_minute,
+            ),
         }
     }
 
@@ -110,6 +118,37 @@ impl Sidecar {
         match transport {
             Transport::Sse => sse::retry_later(session, spec.retry, reason).await,
             _ => respond_reason(session, 503, reason, &retry_after(spec)).await,
+        }
+    }
+
+    /// Over a client's share of instances: `429` + `Retry-After` (SSE: `200` + `retry:` +
+    /// end, which an `EventSource` survives).
+    async fn refuse_over_quota(
+        &self,
+        session: &mut Session,
+        transport: Transport,
+        spec: &TopicSpec,
+        refusal: QuotaRefusal,
+    ) -> Result<()> {
+        METRICS
+            .limit_hits
+            .with_label_values(&[refusal.limit.as_str()])
+            .inc();
+        let retry = refusal
+            .retry_after
+            .map_or(spec.retry, |wait| wait.max(spec.retry));
+        match transport {
+            Transport::Sse => sse::retry_later(session, retry, &refusal.reason).await,
+            _ => {
+                let seconds = retry.as_secs_f64().ceil().max(1.0) as u64;
+                respond_reason(
+                    session,
+                    429,
+                    &refusal.reason,
+                    &[("Retry-After", seconds.to_string())],
+                )
+                .await
+            }
         }
     }
 
@@ -175,9 +214,19 @@ impl Sidecar {
             }
             None => None,
         };
-        let key = route
-            .key
-            .with_forwarded(router::forwarded_headers(session.req_header(), spec));
+        let forwarded = router::forwarded_headers(session.req_header(), spec);
+        let key = route.key.with_forwarded(forwarded.clone());
+        // A new instance is paid for from the client's share; joining one never is. At the
+        // global cap nothing is created, so nothing is charged (the cap answers below).
+        let mut new_instance_for = None;
+        if self.registry.get(&key).is_none() && self.registry.len() < self.limits.max_topic_instances {
+            let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            let clients = self.instance_quota.clients(ip, &forwarded);
+            if let Err(refusal) = self.instance_quota.admit(&clients) {
+                return self.refuse_over_quota(session, transport, spec, refusal).await;
+            }
+            new_instance_for = Some(clients);
+        }
         let Some(topic) = self
             .registry
             .try_get_or_create(&key, self.limits.max_topic_instances, || spec.hub.clone())
@@ -186,6 +235,9 @@ impl Sidecar {
             let reason = "too many topic instances are live; try again later";
             return self.refuse_for_now(session, transport, spec, reason).await;
         };
+        if let Some(clients) = new_instance_for {
+            self.instance_quota.charge(&clients, &topic);
+        }
         match transport {
             Transport::Sse => {
                 let drain = sse::Drain {

@@ -33,7 +33,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// `shutdown` is the process-wide signal: every upstream task is a child of it.
+    /// `shutdown` stops every upstream task (each is a child of it) and the reaper. The app
+    /// fires it at the end of the drain, not at its start, so draining streams stay fresh.
     pub fn new(launcher: Arc<dyn UpstreamLauncher>, shutdown: CancellationToken) -> Self {
         Registry {
             topics: Mutex::new(HashMap::new()),

@@ -1,7 +1,48 @@
 //! Incremental parsers for backend streams: `text/event-stream` by the WHATWG rules, and
 //! newline-delimited JSON. Both take arbitrary chunks and yield whole events.
+//!
+//! Both are bounded and linear: a line, or an event's accumulated fields, larger than the
+//! parser's `max_bytes` is an error (the stream is broken or hostile; the caller drops it),
+//! and each byte is scanned for a line end once, however the stream is chunked: the
+//! unfinished tail remembers how far it was already searched.
 
 use bytes::{Buf, Bytes, BytesMut};
+
+/// A line or an event grew past the parser's limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the backend sent a line or event larger than max_body_bytes ({max_bytes})")]
+pub struct TooLarge {
+    pub max_bytes: usize,
+}
+
+/// The unfinished line at the end of the buffer: how much of it was already searched for a
+/// line end, so that the next chunk's search starts there, not at the start again.
+#[derive(Debug, Default)]
+struct LineScan {
+    searched: usize,
+    /// Bytes examined over the parser's life (a measure of its work, for tests).
+    total: u64,
+}
+
+impl LineScan {
+    /// The position of the next byte in `buffer` that `is_end` accepts, searching only
+    /// bytes not searched before.
+    fn find(&mut self, buffer: &[u8], is_end: impl Fn(u8) -> bool) -> Option<usize> {
+        let start = self.searched.min(buffer.len());
+        match buffer[start..].iter().position(|b| is_end(*b)) {
+            Some(offset) => {
+                self.total += offset as u64 + 1;
+                self.searched = 0; // the caller consumes the line up to here
+                Some(start + offset)
+            }
+            None => {
+                self.total += (buffer.len() - start) as u64;
+                self.searched = buffer.len();
+                None
+            }
+        }
+    }
+}
 
 /// One event from the backend's stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,9 +55,11 @@ pub struct StreamEvent {
 }
 
 /// The WHATWG event-stream parser (HTML Living Standard, "Server-sent events", §9.2.5/6).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventStreamParser {
     buffer: BytesMut,
+    scan: LineScan,
+    max_bytes: usize,
     started: bool,
     /// A CR ended the previous chunk: an LF right after it belongs to the same line end.
     after_cr: bool,
@@ -25,6 +68,24 @@ pub struct EventStreamParser {
     has_data: bool,
     last_id: Option<String>,
     retry: Option<u64>,
+}
+
+impl Default for EventStreamParser {
+    /// No size limit (for tests and fuzzing; the stream source always sets one).
+    fn default() -> Self {
+        EventStreamParser {
+            buffer: BytesMut::new(),
+            scan: LineScan::default(),
+            max_bytes: usize::MAX,
+            started: false,
+            after_cr: false,
+            event: None,
+            data: String::new(),
+            has_data: false,
+            last_id: None,
+            retry: None,
+        }
+    }
 }
 
 impl EventStreamParser {
@@ -36,6 +97,17 @@ impl EventStreamParser {
         }
     }
 
+    /// Lines, and events (their data plus event name), may be at most `max_bytes` long.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Bytes examined for line ends so far: linear in the input, whatever the chunking.
+    pub fn bytes_scanned(&self) -> u64 {
+        self.scan.total
+    }
+
     /// The reconnection time the stream asked for with `retry:`, if any.
     pub fn retry_ms(&self) -> Option<u64> {
         self.retry
@@ -45,8 +117,9 @@ impl EventStreamParser {
         self.last_id.as_deref()
     }
 
-    /// Feeds a chunk; returns the events it completed.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<StreamEvent> {
+    /// Feeds a chunk; returns the events it completed, or an error once a line or an event
+    /// is larger than the limit (the parser is then spent: drop it with the stream).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<StreamEvent>, TooLarge> {
         let mut chunk = chunk;
         if self.after_cr && chunk.first() == Some(&b'\n') {
             chunk = &chunk[1..];
@@ -55,7 +128,7 @@ impl EventStreamParser {
         self.buffer.extend_from_slice(chunk);
         if !self.started {
             if self.buffer.len() < 3 && b"\xEF\xBB\xBF".starts_with(&self.buffer) {
-                return Vec::new(); // could still be a BOM
+                return Ok(Vec::new()); // could still be a BOM
             }
             if self.buffer.starts_with(b"\xEF\xBB\xBF") {
                 self.buffer.advance(3);
@@ -63,7 +136,10 @@ impl EventStreamParser {
             self.started = true;
         }
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        while let Some(end) = self.scan.find(&self.buffer, |b| b == b'\n' || b == b'\r') {
+            if end > self.max_bytes {
+                return Err(self.too_large());
+            }
             let line = self.buffer.split_to(end);
             let terminator = self.buffer[0];
             self.buffer.advance(1);
@@ -77,8 +153,30 @@ impl EventStreamParser {
             if let Some(event) = self.line(&String::from_utf8_lossy(&line)) {
                 events.push(event);
             }
+            if self.pending_bytes() > self.max_bytes {
+                return Err(self.too_large());
+            }
         }
-        events
+        if self.buffer.len() > self.max_bytes {
+            return Err(self.too_large());
+        }
+        Ok(events)
+    }
+
+    /// The size of the event being assembled.
+    fn pending_bytes(&self) -> usize {
+        self.data.len() + self.event.as_ref().map_or(0, String::len)
+    }
+
+    /// Frees what the parser holds (the caller drops the stream) and names the limit.
+    fn too_large(&mut self) -> TooLarge {
+        self.buffer = BytesMut::new();
+        self.data = String::new();
+        self.event = None;
+        self.has_data = false;
+        TooLarge {
+            max_bytes: self.max_bytes,
+        }
     }
 
     fn line(&mut self, line: &str) -> Option<StreamEvent> {
@@ -129,17 +227,46 @@ impl EventStreamParser {
 
 /// Newline-delimited JSON: each complete line is one event (blank lines are skipped;
 /// lines that are not JSON are reported, not published).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NdjsonParser {
     buffer: BytesMut,
+    scan: LineScan,
+    max_bytes: usize,
+}
+
+impl Default for NdjsonParser {
+    /// No size limit (for tests and fuzzing; the stream source always sets one).
+    fn default() -> Self {
+        NdjsonParser {
+            buffer: BytesMut::new(),
+            scan: LineScan::default(),
+            max_bytes: usize::MAX,
+        }
+    }
 }
 
 impl NdjsonParser {
-    /// Feeds a chunk; returns each complete line as `Ok(json)` or `Err(reason)`.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Result<Bytes, String>> {
+    /// Lines may be at most `max_bytes` long.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Bytes examined for line ends so far: linear in the input, whatever the chunking.
+    pub fn bytes_scanned(&self) -> u64 {
+        self.scan.total
+    }
+
+    /// Feeds a chunk; returns each complete line as `Ok(json)` or `Err(reason)`, or an error
+    /// once a line is larger than the limit (the parser is then spent).
+    #[allow(clippy::type_complexity)]
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Result<Bytes, String>>, TooLarge> {
         self.buffer.extend_from_slice(chunk);
         let mut lines = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+        while let Some(end) = self.scan.find(&self.buffer, |b| b == b'\n') {
+            if end > self.max_bytes {
+                return Err(self.too_large());
+            }
             let mut line = self.buffer.split_to(end + 1);
             line.truncate(end);
             if line.last() == Some(&b'\r') {
@@ -153,7 +280,17 @@ impl NdjsonParser {
                 Err(error) => Err(format!("not a JSON line: {error}")),
             });
         }
-        lines
+        if self.buffer.len() > self.max_bytes {
+            return Err(self.too_large());
+        }
+        Ok(lines)
+    }
+
+    fn too_large(&mut self) -> TooLarge {
+        self.buffer = BytesMut::new();
+        TooLarge {
+            max_bytes: self.max_bytes,
+        }
     }
 }
 
@@ -201,7 +338,10 @@ mod tests {
 
     fn parse(chunks: &[&[u8]]) -> (Vec<StreamEvent>, EventStreamParser) {
         let mut parser = EventStreamParser::default();
-        let events = chunks.iter().flat_map(|chunk| parser.feed(chunk)).collect();
+        let events = chunks
+            .iter()
+            .flat_map(|chunk| parser.feed(chunk).expect("no limit"))
+            .collect();
         (events, parser)
     }
 
@@ -239,9 +379,9 @@ mod tests {
     #[test]
     fn ndjson_lines_across_chunks() {
         let mut parser = NdjsonParser::default();
-        let mut lines = parser.feed(b"{\"a\":1}\n{\"b\"");
-        lines.extend(parser.feed(b":2}\r\n\nnot json\n[3]"));
-        lines.extend(parser.feed(b"\n"));
+        let mut lines = parser.feed(b"{\"a\":1}\n{\"b\"").unwrap();
+        lines.extend(parser.feed(b":2}\r\n\nnot json\n[3]").unwrap());
+        lines.extend(parser.feed(b"\n").unwrap());
         let shown: Vec<String> = lines
             .into_iter()
             .map(|line| match line {
@@ -250,5 +390,73 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, vec!["{\"a\":1}", "{\"b\":2}", "ERR", "[3]"]);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_an_error_without_a_line_end() {
+        let mut parser = EventStreamParser::default().with_max_bytes(1024);
+        for _ in 0..1023 {
+            assert_eq!(parser.feed(b"x"), Ok(Vec::new()));
+        }
+        assert_eq!(parser.feed(b"x\n"), Ok(Vec::new()), "exactly the limit is fine");
+        let error = (0..2000).find_map(|_| parser.feed(b"y").err());
+        assert_eq!(error, Some(TooLarge { max_bytes: 1024 }));
+
+        let mut ndjson = NdjsonParser::default().with_max_bytes(1024);
+        assert!(ndjson.feed(&[b' '; 1024]).is_ok());
+        assert!(ndjson.feed(b" ").is_err());
+        let mut ndjson = NdjsonParser::default().with_max_bytes(1024);
+        assert!(ndjson.feed(&[b' '; 5000]).is_err(), "one big chunk too");
+    }
+
+    #[test]
+    fn an_event_of_many_short_lines_over_the_limit_is_an_error() {
+        let mut parser = EventStreamParser::default().with_max_bytes(1024);
+        let mut error = None;
+        for _ in 0..200 {
+            if let Err(too_large) = parser.feed(b"data: 0123456789\n") {
+                error = Some(too_large);
+                break;
+            }
+        }
+        assert_eq!(error, Some(TooLarge { max_bytes: 1024 }));
+        let mut parser = EventStreamParser::default().with_max_bytes(1024);
+        let events = parser
+            .feed(b"data: 0123456789\n\n".repeat(200).as_slice())
+            .unwrap();
+        assert_eq!(events.len(), 200, "many small events are fine");
+    }
+
+    #[test]
+    fn one_byte_chunks_are_scanned_once() {
+        const N: usize = 256 * 1024;
+        let mut body = b"data: ".to_vec();
+        body.resize(N - 2, b'x');
+        body.extend_from_slice(b"\n\n");
+        let mut parser = EventStreamParser::default();
+        let mut events = Vec::new();
+        for byte in body.chunks(1) {
+            events.extend(parser.feed(byte).unwrap());
+        }
+        assert_eq!(events.len(), 1);
+        assert!(
+            parser.bytes_scanned() <= N as u64,
+            "scanned {} bytes for {N}",
+            parser.bytes_scanned()
+        );
+
+        let mut body = vec![b'1'; N - 1];
+        body.push(b'\n');
+        let mut ndjson = NdjsonParser::default();
+        let mut lines = Vec::new();
+        for byte in body.chunks(1) {
+            lines.extend(ndjson.feed(byte).unwrap());
+        }
+        assert_eq!(lines.len(), 1);
+        assert!(
+            ndjson.bytes_scanned() <= N as u64,
+            "scanned {}",
+            ndjson.bytes_scanned()
+        );
     }
 }

@@ -86,6 +86,7 @@ impl UpstreamLauncher for SourceLauncher {
                     idle_timeout: stream.idle_timeout,
                     backoff: Backoff::new(self.settings.backoff_initial, self.settings.backoff_max),
                     headers: topic.key().forwarded.clone(),
+                    max_event_bytes: self.settings.max_body_bytes,
                     topic,
                     stop,
                 };

@@ -21,6 +21,8 @@ pub struct StreamTask {
     pub idle_timeout: Duration,
     pub backoff: Backoff,
     pub headers: Vec<(String, String)>,
+    /// A line or an event larger than this breaks the stream (`max_body_bytes`).
+    pub max_event_bytes: usize,
     pub stop: CancellationToken,
 }
 
@@ -116,9 +118,11 @@ impl StreamTask {
             .as_deref()
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("ndjson") || ct.contains("jsonl"));
         let mut format = if ndjson {
-            Format::Ndjson(NdjsonParser::default())
+            Format::Ndjson(NdjsonParser::default().with_max_bytes(self.max_event_bytes))
         } else {
-            Format::EventStream(EventStreamParser::resuming(last_event_id.clone()))
+            Format::EventStream(
+                EventStreamParser::resuming(last_event_id.clone()).with_max_bytes(self.max_event_bytes),
+            )
         };
         if self.backoff.failures() > 0 {
             tracing::info!(topic = %self.topic.key(), failures = self.backoff.failures(), "upstream stream recovered");
@@ -136,8 +140,14 @@ impl StreamTask {
                 Err(error) => return End::Dropped(error.to_string()),
             };
             match &mut format {
+                // Over the limit: a broken or hostile backend. The stream is dropped as a
+                // failure (backoff, last good data kept) rather than buffered without end.
                 Format::EventStream(parser) => {
-                    for event in parser.feed(&chunk) {
+                    let events = match parser.feed(&chunk) {
+                        Ok(events) => events,
+                        Err(too_large) => return End::Failed(too_large.to_string()),
+                    };
+                    for event in events {
                         self.publish_event(event);
                     }
                     *last_event_id = parser.last_event_id().map(str::to_string);
@@ -147,7 +157,11 @@ impl StreamTask {
                     }
                 }
                 Format::Ndjson(parser) => {
-                    for line in parser.feed(&chunk) {
+                    let lines = match parser.feed(&chunk) {
+                        Ok(lines) => lines,
+                        Err(too_large) => return End::Failed(too_large.to_string()),
+                    };
+                    for line in lines {
                         match line {
                             Ok(json) => self.publish(None, json, "application/json"),
                             Err(reason) => {

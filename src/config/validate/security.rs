@@ -114,6 +114,18 @@ impl Checker<'_> {
                 "max_long_polls_per_ip",
                 default.max_long_polls_per_ip,
             ),
+            max_topic_instances_per_client: self.count(
+                &raw.max_topic_instances_per_client,
+                None,
+                "max_topic_instances_per_client",
+                default.max_topic_instances_per_client,
+            ),
+            topic_instance_creations_per_client_per_minute: self.count(
+                &raw.topic_instance_creations_per_client_per_minute,
+                None,
+                "topic_instance_creations_per_client_per_minute",
+                default.topic_instance_creations_per_client_per_minute,
+            ),
             max_request_header_bytes: self.count(
                 &raw.max_request_header_bytes,
                 None,

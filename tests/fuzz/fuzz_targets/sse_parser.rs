@@ -11,15 +11,30 @@ fuzz_target!(|data: &[u8]| {
     };
     let cut = usize::from(cut).min(body.len());
 
-    let whole = EventStreamParser::resuming(None).feed(body);
+    // Without a size limit (the default) a parser never fails.
+    let whole = EventStreamParser::resuming(None).feed(body).unwrap();
     let mut split = EventStreamParser::resuming(None);
-    let mut pieces = split.feed(&body[..cut]);
-    pieces.extend(split.feed(&body[cut..]));
+    let mut pieces = split.feed(&body[..cut]).unwrap();
+    pieces.extend(split.feed(&body[cut..]).unwrap());
     assert_eq!(whole, pieces, "SSE events depend on where the body was cut");
 
-    let whole = NdjsonParser::default().feed(body);
+    let whole = NdjsonParser::default().feed(body).unwrap();
     let mut split = NdjsonParser::default();
-    let mut pieces = split.feed(&body[..cut]);
-    pieces.extend(split.feed(&body[cut..]));
+    let mut pieces = split.feed(&body[..cut]).unwrap();
+    pieces.extend(split.feed(&body[cut..]).unwrap());
     assert_eq!(whole, pieces, "NDJSON lines depend on where the body was cut");
+
+    // With a small limit, no input may panic, and an input under it parses as without one.
+    let limit = 64;
+    let mut bounded = EventStreamParser::resuming(None).with_max_bytes(limit);
+    if body.len() <= limit {
+        assert_eq!(bounded.feed(body).unwrap(), whole_events(body));
+    } else {
+        let _ = bounded.feed(body);
+    }
+    let _ = NdjsonParser::default().with_max_bytes(limit).feed(body);
 });
+
+fn whole_events(body: &[u8]) -> Vec<sidestream::upstream::event_stream::StreamEvent> {
+    EventStreamParser::resuming(None).feed(body).unwrap()
+}

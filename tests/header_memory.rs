@@ -1,0 +1,119 @@
+//! `max_request_header_bytes` bounds memory, not only what is accepted: on the real binary,
+//! 2 000 connections each sending four times the limit of an unfinished header (then one
+//! byte a second) must not grow the process by more than 2 × 2 000 × the limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONNECTIONS: usize = 2_000;
+const LIMIT: usize = 8 * 1024;
+
+fn rss_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_oversized_headers_do_not_hold_memory() {
+    let backend = TestBackend::start().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let config = std::env::temp_dir().join(format!("sidestream-headers-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n\
+             [upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+             [limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n\
+             max_request_header_bytes = {LIMIT}\n\n\
+             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 1000 }}\n",
+            backend.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    // Warm up the worker threads and their allocator arenas before the baseline.
+    for _ in 0..20 {
+        get(port, "/not-a-topic", &[]).await;
+    }
+    let baseline = rss_bytes(child.id());
+
+    // Few, long header lines (pingora refuses many short ones on its own), unfinished.
+    let mut header = b"GET /prices/A HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for _ in 0..4 {
+        header.extend_from_slice(b"X-Padding: ");
+        header.resize(header.len() + LIMIT, b'a');
+        header.extend_from_slice(b"\r\n");
+    }
+    let header = std::sync::Arc::new(header);
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let header = header.clone();
+        clients.push(tokio::spawn(async move {
+            let mut stream = stream;
+            // Errors are expected: the sidecar may cut the connection mid-write.
+            let _ = stream.write_all(&header).await;
+            let mut answer = Vec::new();
+            for _ in 0..5 {
+                if stream.write_all(b"a").await.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 512];
+                match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            answer
+        }));
+    }
+    // Give the sidecar time to read what it will read of every header.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_bytes(child.id()).saturating_sub(baseline);
+    let bound = 2 * CONNECTIONS * LIMIT;
+    let mut refused = 0;
+    for client in clients {
+        let answer = client.await.unwrap();
+        if answer.starts_with(b"HTTP/1.1 431") {
+            refused += 1;
+        }
+    }
+    assert!(
+        grown < bound,
+        "RSS grew by {} KiB with {CONNECTIONS} slow oversized headers; bound {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+    assert!(refused > 0, "clients are told why (431) where they still read");
+    assert!(
+        metric(
+            admin_port,
+            "sidestream_limit_hits_total",
+            &[("limit", "request_header_bytes")]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(terminate(&mut child).await.code(), Some(0));
+    let _ = std::fs::remove_file(config);
+}
