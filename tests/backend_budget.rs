@@ -63,7 +63,12 @@ async fn a_short_poll_flood_neither_exceeds_the_budget_nor_starves_a_live_topic(
         backend.port,
         &format!("max_requests_per_second = {RATE}"),
         "",
-        TOPICS,
+        // Generous per-client shares, so that this test exercises the budget and the fair
+        // queue, not the instance quota (tests/instance_quota.rs covers that).
+        &format!(
+            "{TOPICS}\n[limits]\nmax_topic_instances_per_client = 10000\n\
+             topic_instance_creations_per_client_per_minute = 100000\n"
+        ),
     )
     .await;
     let start = Instant::now();
