@@ -486,3 +486,59 @@ public_key_file = "tests/fixtures/auth/ed25519-public.pem"
         401
     );
 }
+
+/// Cross-site WebSocket hijacking: a browser adds the user's cookie to a WebSocket opened by
+/// any page, so without a `[cors]` allowlist a foreign `Origin` is refused where the token can
+/// come from a cookie. Tools that send no `Origin` (and same-origin pages) still connect.
+#[tokio::test]
+async fn a_foreign_origin_cannot_open_a_websocket_on_cookie_auth() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/prices/AAPL", Behaviour::Json("{\"p\":1}".into()));
+    backend.set("/backend/orders/7", Behaviour::Json("{\"o\":7}".into()));
+    backend.set("/auth/allow", Behaviour::Status(204));
+    let secret = secret_file();
+    let topics = format!(
+        "{}{}",
+        jwt_topics(&secret.0, ""),
+        r#"
+[[topic]]
+name = "orders"
+path = "/orders/{account}"
+source.poll = { url = "/backend/orders/{account}", interval_ms = 50 }
+auth = "backend"
+
+[auth.backend.callback]
+url = "/auth/allow"
+"#
+    );
+    let sidecar = TestSidecar::start(backend.port, "", &topics).await;
+    let port = sidecar.port;
+    let token = hs256(SECRET, json!({"exp": now() + 600, "topics": ["prices/*"]}));
+    let cookie = format!("session={token}");
+    let foreign = ("Origin", "https://evil.example.net");
+
+    let ws = WsClient::connect(port, "/prices/AAPL", None, &[("Cookie", &cookie), foreign]).await;
+    assert_eq!(ws.status, 403, "{}", ws.response);
+    // The callback forwards `cookie` by default: the same holds there.
+    let ws = WsClient::connect(port, "/orders/7", None, &[("Cookie", "sid=alice"), foreign]).await;
+    assert_eq!(ws.status, 403, "{}", ws.response);
+    assert_eq!(
+        backend.hit_count("/auth/allow"),
+        0,
+        "refused before auth was asked"
+    );
+
+    let ws = WsClient::connect(port, "/prices/AAPL", None, &[("Cookie", &cookie)]).await;
+    assert_eq!(ws.status, 101, "no Origin: {}", ws.response);
+    let same = format!("http://127.0.0.1:{port}");
+    let ws = WsClient::connect(
+        port,
+        "/prices/AAPL",
+        None,
+        &[("Cookie", &cookie), ("Origin", &same)],
+    )
+    .await;
+    assert_eq!(ws.status, 101, "same origin: {}", ws.response);
+    let ws = WsClient::connect(port, "/orders/7", None, &[("Cookie", "sid=alice")]).await;
+    assert_eq!(ws.status, 101, "{}", ws.response);
+}

@@ -150,12 +150,17 @@ impl Sidecar {
             Err(refusal) => return respond_reason(session, refusal.status, &refusal.reason, &[]).await,
         };
         let spec = route.spec;
-        if transport == Transport::Websocket && self.cors.enabled() {
-            // Browsers send `Origin` on every WebSocket; a page from elsewhere is refused
-            // before the upgrade (cross-site WebSocket hijacking).
-            let origin = router::header(session.req_header(), "origin");
-            if origin.is_some_and(|origin| !self.cors.allows(origin)) {
-                return respond_reason(session, 403, "this Origin may not open WebSockets here", &[]).await;
+        if transport == Transport::Websocket {
+            // Browsers send `Origin` on every WebSocket, and the user's cookies with it; a page
+            // from elsewhere is refused before the upgrade (cross-site WebSocket hijacking).
+            // No `Origin` is a non-browser client, which carries no ambient credentials.
+            let request = session.req_header();
+            let cookie_auth = spec.auth.as_deref().is_some_and(auth::cookie_borne);
+            if let Some(origin) = router::header(request, "origin") {
+                if !cors::websocket_origin_allowed(&self.cors, origin, request, cookie_auth) {
+                    return respond_reason(session, 403, "this Origin may not open WebSockets here", &[])
+                        .await;
+                }
             }
         }
         let expiry = match &spec.auth {

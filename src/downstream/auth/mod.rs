@@ -178,6 +178,19 @@ impl Expiry {
     }
 }
 
+/// Whether a browser may attach this policy's credentials on its own (a cookie), so that a
+/// page from any origin could use them: a JWT read from a cookie, or a callback that is
+/// given the client's `Cookie` header.
+pub fn cookie_borne(spec: &AuthSpec) -> bool {
+    match &spec.kind {
+        AuthKind::Jwt(jwt) => jwt.cookie.is_some(),
+        AuthKind::Callback(callback) => callback
+            .forward_headers
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case("cookie")),
+    }
+}
+
 fn no_token_reason(jwt: &JwtSpec) -> String {
     let mut places = vec!["an `Authorization: Bearer <token>` header".to_string()];
     if let Some(cookie) = &jwt.cookie {
