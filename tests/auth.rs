@@ -542,3 +542,31 @@ url = "/auth/allow"
     let ws = WsClient::connect(port, "/orders/7", None, &[("Cookie", "sid=alice")]).await;
     assert_eq!(ws.status, 101, "{}", ws.response);
 }
+
+/// Dates no clock can hold (`exp` above i64::MAX or 1e20, a negative `nbf`) are a `401`,
+/// and the sidecar goes on serving.
+#[tokio::test]
+async fn out_of_range_token_dates_are_401() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/prices/AAPL", Behaviour::Json("{\"p\":1}".into()));
+    let secret = secret_file();
+    let sidecar = TestSidecar::start(backend.port, "", &jwt_topics(&secret.0, "")).await;
+    for claims in [
+        json!({"exp": u64::MAX, "topics": ["**"]}),
+        json!({"exp": 1e20, "topics": ["**"]}),
+        json!({"exp": now() + 600, "nbf": -5, "topics": ["**"]}),
+    ] {
+        let token = hs256(SECRET, claims.clone());
+        let reply = get(
+            sidecar.port,
+            "/prices/AAPL",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{claims}: {}", reply.text());
+    }
+    let good = hs256(SECRET, json!({"exp": now() + 600, "topics": ["**"]}));
+    let mut sse = SseClient::connect(sidecar.port, &format!("/prices/AAPL?access_token={good}"), &[]).await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.next_event().await.is_some());
+}
