@@ -39,6 +39,7 @@ impl HttpModuleBuilder for CorsBuilder {
         Box::new(Cors {
             cors: Arc::clone(&self.cors),
             topics: Arc::clone(&self.topics),
+            topic: false,
             origin: None,
         })
     }
@@ -47,6 +48,8 @@ impl HttpModuleBuilder for CorsBuilder {
 struct Cors {
     cors: Arc<CorsSettings>,
     topics: Arc<TopicTable>,
+    /// A topic request: its answer depends on `Origin`, whatever the origin was.
+    topic: bool,
     /// The request's origin, when it is a topic request from an allowed origin.
     origin: Option<HeaderValue>,
 }
@@ -54,12 +57,13 @@ struct Cors {
 #[async_trait]
 impl HttpModule for Cors {
     async fn request_header_filter(&mut self, request: &mut RequestHeader) -> Result<()> {
-        let Some(origin) = request.headers.get("origin") else {
-            return Ok(());
-        };
         if self.topics.current().route(request.uri.path()).is_none() {
             return Ok(());
         }
+        self.topic = true;
+        let Some(origin) = request.headers.get("origin") else {
+            return Ok(());
+        };
         match origin.to_str() {
             Ok(text) if self.cors.allows(text) => self.origin = Some(origin.clone()),
             _ => METRICS.origin_refusals.inc(),
@@ -68,11 +72,16 @@ impl HttpModule for Cors {
     }
 
     async fn response_header_filter(&mut self, response: &mut ResponseHeader, _end: bool) -> Result<()> {
+        // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
+        // never hands one origin's answer to another (Fetch standard, "CORS protocol and
+        // HTTP caches").
+        if std::mem::take(&mut self.topic) {
+            response.append_header("Vary", "Origin")?;
+        }
         let Some(origin) = self.origin.take() else {
             return Ok(());
         };
         response.insert_header("Access-Control-Allow-Origin", origin)?;
-        response.append_header("Vary", "Origin")?;
         response.insert_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
         if self.cors.allow_credentials {
             response.insert_header("Access-Control-Allow-Credentials", "true")?;

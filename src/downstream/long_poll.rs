@@ -10,7 +10,8 @@ use pingora_proxy::Session;
 use tokio_util::sync::CancellationToken;
 
 use super::response::{
-    batch_response, not_modified, poll_cursor, requested_wait, respond, respond_reason, state_response,
+    batch_response, make_private, not_modified, poll_cursor, requested_wait, respond, respond_reason,
+    state_response,
 };
 use crate::config::TopicSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Topic};
@@ -34,6 +35,7 @@ pub async fn serve(
     topic: Arc<Topic>,
     spec: &TopicSpec,
     shutdown: &CancellationToken,
+    private: bool,
 ) -> Result<()> {
     let request = session.req_header();
     let wait = match requested_wait(request, spec.long_poll_max_wait) {
@@ -60,7 +62,7 @@ pub async fn serve(
             .inc_by(delivered);
     }
     let mode = spec.mode();
-    let (response, body) = match outcome {
+    let (mut response, body) = match outcome {
         Outcome::ClientGone => {
             session.set_keepalive(None);
             return Ok(());
@@ -79,6 +81,9 @@ pub async fn serve(
             }
         },
     };
+    if private {
+        make_private(&mut response)?;
+    }
     respond(session, response, body).await
 }
 

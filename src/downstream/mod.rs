@@ -178,6 +178,8 @@ impl Sidecar {
             }
             None => None,
         };
+        // Authenticated answers are for this user only (`Cache-Control: private`).
+        let private = spec.auth.is_some();
         let key = route
             .key
             .with_forwarded(router::forwarded_headers(session.req_header(), spec));
@@ -196,7 +198,7 @@ impl Sidecar {
                     spread: self.drain_spread,
                 };
                 let in_flight = self.in_flight.enter();
-                sse::serve(session, topic, spec, &drain, expiry, in_flight).await
+                sse::serve(session, topic, spec, &drain, expiry, in_flight, private).await
             }
             // The rarer, larger futures are boxed: a match holds its largest arm inline, and
             // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
@@ -216,9 +218,9 @@ impl Sidecar {
                     },
                     None => None,
                 };
-                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown)).await
+                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown, private)).await
             }
-            Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
+            Transport::ShortPoll => short_poll::serve(session, topic, spec, private).await,
             Transport::Websocket => {
                 let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
                 Box::pin(websocket::serve(

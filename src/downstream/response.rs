@@ -27,9 +27,10 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
     let head = session.req_header().method == http::Method::HEAD;
     let status = response.status.as_u16();
     let no_body = head || status == 304 || status == 204;
-    // A 204 carries no Content-Length at all (RFC 9110 §8.6); a 304 repeats a zero.
-    if status != 204 {
-        response.insert_header("Content-Length", if status == 304 { 0 } else { body.len() })?;
+    // A 204 carries no Content-Length at all, and a 304 may carry one only if it equals the
+    // length a 200 would have (RFC 9110 §8.6), which this answer does not know.
+    if status != 204 && status != 304 {
+        response.insert_header("Content-Length", body.len())?;
     }
     let send_body = !no_body && !body.is_empty();
     session
@@ -38,6 +39,30 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
     if send_body {
         session.write_response_body(Some(body), true).await?;
     }
+    Ok(())
+}
+
+/// Marks a response as for this user only (RFC 9111 §5.2.2.7), keeping its other
+/// directives: one authenticated by a cookie or a query token is otherwise storable by a
+/// shared cache (only `Authorization` keeps them out, RFC 9111 §3.5).
+pub fn make_private(response: &mut ResponseHeader) -> Result<()> {
+    let current = response
+        .headers
+        .get("cache-control")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let value = match current {
+        None => "private".to_string(),
+        Some(value)
+            if value
+                .split(',')
+                .any(|d| matches!(d.trim(), "private" | "no-store")) =>
+        {
+            return Ok(())
+        }
+        Some(value) => format!("private, {value}"),
+    };
+    response.insert_header("Cache-Control", value)?;
     Ok(())
 }
 

@@ -111,7 +111,21 @@ pub async fn serve(
     drain: &Drain,
     expiry: Option<Expiry>,
     in_flight: InFlightGuard,
+    private: bool,
 ) -> Result<()> {
+    let mut response = ResponseHeader::build(200, Some(5))?;
+    response.insert_header("Content-Type", "text/event-stream")?;
+    response.insert_header("Cache-Control", "no-cache, no-transform")?;
+    response.insert_header("X-Accel-Buffering", "no")?;
+    if private {
+        super::response::make_private(&mut response)?;
+    }
+    if session.req_header().method == http::Method::HEAD {
+        // The headers a GET would get, and no body (RFC 9110 §9.3.2): the request ends here
+        // and the connection stays usable.
+        return session.write_response_header(Box::new(response), true).await;
+    }
+    response.insert_header("Transfer-Encoding", "chunked")?;
     let resume = sse_resume(session.req_header());
     let Subscribe {
         reset,
@@ -119,12 +133,6 @@ pub async fn serve(
         subscription,
         ..
     } = topic.subscribe(resume);
-
-    let mut response = ResponseHeader::build(200, Some(5))?;
-    response.insert_header("Content-Type", "text/event-stream")?;
-    response.insert_header("Cache-Control", "no-cache, no-transform")?;
-    response.insert_header("X-Accel-Buffering", "no")?;
-    response.insert_header("Transfer-Encoding", "chunked")?;
     session.write_response_header(Box::new(response), false).await?;
 
     let retry_ms = jittered_retry(spec.retry);

@@ -201,7 +201,7 @@ impl Connection {
                 }
                 Event::PongOverdue => {
                     tracing::debug!("WebSocket client did not answer a ping; closing");
-                    let frame = Frame::close(CloseCode::Away, "no pong");
+                    let frame = close_frame(CloseCode::Away, "no pong");
                     let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.send(frame)).await;
                     false
                 }
@@ -304,7 +304,7 @@ impl Connection {
             | WebSocketError::InvalidContinuationFrame => CloseCode::Protocol,
             _ => return,
         };
-        let _ = self.send(Frame::close(code, error.to_string())).await;
+        let _ = self.send(close_frame(code, &error.to_string())).await;
     }
 
     /// Sends one frame through yawc (control frames, replies, echoes). `false` = gone.
@@ -317,7 +317,7 @@ impl Connection {
 
     /// Starts the close handshake and waits briefly for the client's answer.
     async fn close(&mut self, code: CloseCode, reason: &str) {
-        if !self.send(Frame::close(code, reason)).await {
+        if !self.send(close_frame(code, reason)).await {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -388,6 +388,26 @@ impl Connection {
     }
 }
 
+/// Most bytes of a close reason: a control frame's payload is at most 125 bytes, two of
+/// which are the code (RFC 6455 §5.5).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` cut to [`MAX_CLOSE_REASON_BYTES`] on a character boundary (it must stay UTF-8).
+fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Frame {
+    Frame::close(code, close_reason(reason))
+}
+
 /// Writes out everything yawc has to send: frames it owes the peer (pongs, close replies,
 /// which it queues while reading) and its write buffer. Only then may raw frames follow.
 async fn flush_all(ws: &mut WebSocket<SharedStream>) -> Result<(), WebSocketError> {
@@ -436,5 +456,24 @@ async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes>
             tracing::warn!(url = %inbound.url, "inbound message not delivered: {error}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_and_stay_utf8() {
+        assert_eq!(close_reason("short"), "short");
+        let ascii = "x".repeat(300);
+        assert_eq!(close_reason(&ascii).len(), 123);
+        // 'é' is two bytes: 61 of them are 122 bytes, the 62nd would straddle byte 123.
+        let accented = "é".repeat(100);
+        let cut = close_reason(&accented);
+        assert_eq!(cut.len(), 122);
+        assert!(accented.starts_with(cut));
+        let frame = close_frame(CloseCode::Policy, &accented);
+        assert!(frame.payload().len() <= 125, "{}", frame.payload().len());
     }
 }
