@@ -274,3 +274,36 @@ async fn shutdown_closes_with_1001() {
     sidecar.shutdown();
     assert_eq!(closing.await.unwrap(), Some(1001));
 }
+
+/// The client's own forwarding headers never reach the backend: it sees exactly one
+/// `X-Forwarded-For`, the TCP peer.
+#[tokio::test]
+async fn inbound_posts_carry_one_forwarded_for_the_peer() {
+    let (backend, sidecar) = setup().await;
+    backend.set("/rooms/a/messages", Behaviour::Json("{\"accepted\":true}".into()));
+    get(sidecar.port, "/rooms/a?wait=5", &[]).await;
+    let mut sender = WsClient::connect(
+        sidecar.port,
+        "/rooms/a",
+        None,
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("True-Client-IP", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert_eq!(sender.status, 101);
+    sender.send_text("{\"say\":\"hi\"}").await;
+    assert_eq!(sender.read_message().await.text(), "{\"accepted\":true}");
+    let posted = backend.hits("/rooms/a/messages");
+    assert_eq!(posted.len(), 1);
+    let headers = &posted[0].headers;
+    let forwarded_for: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded_for, ["127.0.0.1"], "{headers:?}");
+    for name in ["forwarded", "x-real-ip", "x-forwarded-host", "true-client-ip"] {
+        assert!(headers.get(name).is_none(), "{name} forwarded: {headers:?}");
+    }
+}
