@@ -197,13 +197,15 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
     Ok((response, message.data.clone()))
 }
 
-/// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}`, built
+/// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}` (and
+/// `"skipped"` after a gap), built
 /// from each message's pre-encoded JSON entry.
 pub fn batch_response(
     mode: Mode,
     cursor: Cursor,
     messages: &[Arc<Message>],
     reset: bool,
+    skipped: u64,
 ) -> Result<(ResponseHeader, Bytes)> {
     let size: usize = messages.iter().map(|m| m.json_entry.len() + 1).sum();
     let mut body = BytesMut::with_capacity(size + 64);
@@ -214,7 +216,12 @@ pub fn batch_response(
         }
         body.put_slice(&message.json_entry);
     }
-    body.put_slice(format!("],\"reset\":{reset}}}").as_bytes());
+    body.put_slice(format!("],\"reset\":{reset}").as_bytes());
+    if skipped > 0 {
+        // Messages the `drop_oldest` policy dropped before these, and history no longer has.
+        body.put_slice(format!(",\"skipped\":{skipped}").as_bytes());
+    }
+    body.put_u8(b'}');
     let mut response = ResponseHeader::build(200, Some(5))?;
     response.insert_header("Content-Type", "application/json")?;
     polling_headers(&mut response, cursor, mode)?;

@@ -51,7 +51,7 @@ pub async fn serve(session: &mut Session, topic: Arc<Topic>, spec: &TopicSpec, p
                 let last = backlog.last().map_or(reset.unwrap_or(start), |m| m.cursor);
                 // No cursor is not a reset: the client simply starts with what history holds.
                 let reset = reset.is_some() && cursor.is_some();
-                batch_response(Mode::Events, last, &backlog, reset)?
+                batch_response(Mode::Events, last, &backlog, reset, 0)?
             }
         }
     };

@@ -17,7 +17,7 @@ use yawc::{Options, Role, WebSocket, WebSocketError};
 use super::super::auth::Expiry;
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
-use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscription};
+use crate::hub::{CloseReason, Cursor, Delivery, Envelope, Message, Mode, Subscribe, Subscription};
 use crate::metrics::{SubscriberGauge, METRICS};
 use crate::upstream::UpstreamClient;
 
@@ -165,8 +165,8 @@ impl Connection {
                     self.close(CloseCode::Away, "server shutting down").await;
                     false
                 }
-                Event::Delivery(Delivery::Message { message, .. }) => {
-                    self.send_messages(message).await.is_ok()
+                Event::Delivery(Delivery::Message { message, skipped }) => {
+                    self.send_messages(message, skipped).await.is_ok()
                 }
                 Event::Delivery(Delivery::Closed(CloseReason::Overflow)) => {
                     self.close(CloseCode::Again, "too slow: reconnect with ?cursor= to resume")
@@ -234,18 +234,53 @@ impl Connection {
         message.websocket_frame(self.spec.envelope, self.deflate, self.spec.deflate_min_bytes)
     }
 
-    /// Writes `first` and whatever else is already queued, in one flush.
-    async fn send_messages(&mut self, first: Arc<Message>) -> std::io::Result<()> {
-        let mut frames = vec![self.frame_of(&first)];
+    /// Writes `first` and whatever else is already queued, in one flush; a gap the
+    /// `drop_oldest` policy left before a message is announced first (see [`Self::gap_notice`]).
+    async fn send_messages(&mut self, first: Arc<Message>, skipped: u64) -> std::io::Result<()> {
+        let mut frames = Vec::with_capacity(2);
+        self.push_frames(&mut frames, &first, skipped);
         if let Feed::Topic { subscribed, .. } = &self.feed {
             while frames.len() < MAX_BATCH {
                 match subscribed.subscription.try_recv() {
-                    Some(Delivery::Message { message, .. }) => frames.push(self.frame_of(&message)),
+                    Some(Delivery::Message { message, skipped }) => {
+                        self.push_frames(&mut frames, &message, skipped)
+                    }
                     _ => break,
                 }
             }
         }
         self.write_frames(&frames).await
+    }
+
+    fn push_frames(&self, frames: &mut Vec<Bytes>, message: &Message, skipped: u64) {
+        if let Some(notice) = self.gap_notice(message, skipped) {
+            frames.push(notice);
+        }
+        frames.push(self.frame_of(message));
+    }
+
+    /// On an event topic with the JSON envelope, messages dropped for this client are
+    /// announced as SSE announces them: `{"reset":true,"cursor":<position before message>,
+    /// "skipped":n}`. Raw payloads have nowhere to say it; there the gap goes unsaid (and
+    /// is counted in the drop metric), which is documented.
+    fn gap_notice(&self, message: &Message, skipped: u64) -> Option<Bytes> {
+        let Feed::Topic { subscribed, .. } = &self.feed else {
+            return None;
+        };
+        let events = subscribed.subscription.topic().settings().mode == Mode::Events;
+        if skipped == 0 || !events || self.spec.envelope != Envelope::Json {
+            return None;
+        }
+        let position = Cursor {
+            seq: message.cursor.seq.saturating_sub(1),
+            ..message.cursor
+        };
+        let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\",\"skipped\":{skipped}}}");
+        Some(crate::hub::websocket_frame::encode_frame(
+            notice.as_bytes(),
+            true,
+            false,
+        ))
     }
 
     /// Writes pre-encoded frames straight to the socket, after yawc's own buffer is empty
