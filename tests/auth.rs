@@ -570,3 +570,70 @@ async fn out_of_range_token_dates_are_401() {
     assert_eq!(sse.status, 200);
     assert!(sse.next_event().await.is_some());
 }
+
+/// A JWKS refresh in flight (here a slow one, started by a token with an unknown `kid`)
+/// does not hold up tokens whose key is already known.
+#[tokio::test]
+async fn a_slow_jwks_refresh_does_not_stall_known_keys() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/news", Behaviour::Json("{\"n\":1}".into()));
+    let jwks = std::fs::read_to_string("tests/fixtures/auth/jwks.json").unwrap();
+    backend.set("/keys", Behaviour::Plain("application/json", jwks.clone()));
+    let topics = r#"
+[[topic]]
+name = "news"
+path = "/news"
+source.poll = { url = "/backend/news", interval_ms = 50 }
+auth = "issuer"
+
+[auth.issuer.jwt]
+algorithms = ["ES256"]
+jwks_url = "/keys"
+jwks_refresh_ms = 100
+"#;
+    let sidecar = TestSidecar::start(backend.port, "", topics).await;
+    let key =
+        EncodingKey::from_ec_pem(&std::fs::read("tests/fixtures/auth/es256-private.pem").unwrap()).unwrap();
+    let sign = |kid: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        encode(&header, &json!({"exp": now() + 600}), &key).unwrap()
+    };
+    let good = format!("Bearer {}", sign("test-key-1"));
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(sidecar.port, "/news", &[("Authorization", &good)])
+            .await
+            .status
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+
+    backend.set("/keys", Behaviour::Delayed(5000, "application/json", jwks));
+    tokio::time::sleep(Duration::from_millis(150)).await; // the refresh interval is over
+    let fetches = backend.hit_count("/keys");
+    let port = sidecar.port;
+    let random = format!("Bearer {}", sign("random-kid-7"));
+    let slow = tokio::spawn(async move { get(port, "/news", &[("Authorization", &random)]).await.status });
+    common::eventually("the slow JWKS fetch is in flight", || {
+        backend.hit_count("/keys") > fetches
+    })
+    .await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(3),
+        get(sidecar.port, "/news", &[("Authorization", &good)]),
+    )
+    .await
+    .expect("a known key is verified while the fetch is in flight");
+    assert_eq!(reply.status, 200);
+    assert!(!slow.is_finished(), "the fetch was still in flight");
+    assert_eq!(
+        slow.await.unwrap(),
+        401,
+        "the unknown kid, once the fetch is done"
+    );
+}
