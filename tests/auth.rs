@@ -637,3 +637,54 @@ jwks_refresh_ms = 100
         "the unknown kid, once the fetch is done"
     );
 }
+
+/// A callback grant on a held stream is asked again every `cache_ms`: once the callback
+/// refuses, the SSE stream ends and the WebSocket closes with 1008, as for an expired token.
+#[tokio::test]
+async fn a_revoked_callback_grant_ends_held_streams() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/orders/7", Behaviour::Json("{\"o\":7}".into()));
+    backend.set("/auth/allow", Behaviour::Status(204));
+    let topics = r#"
+[[topic]]
+name = "orders"
+path = "/orders/{account}"
+source.poll = { url = "/backend/orders/{account}", interval_ms = 50 }
+auth = "backend"
+
+[auth.backend.callback]
+url = "/auth/allow"
+forward_headers = ["authorization"]
+cache_ms = 300
+"#;
+    let sidecar = TestSidecar::start(backend.port, "", topics).await;
+    let alice = [("Authorization", "Bearer alice")];
+    let mut sse = SseClient::connect(sidecar.port, "/orders/7", &alice).await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.next_event().await.is_some());
+    let mut ws = WsClient::connect(sidecar.port, "/orders/7", None, &alice).await;
+    assert_eq!(ws.status, 101);
+    let asked = backend.hit_count("/auth/allow");
+    // Still allowed: the streams are re-checked and stay.
+    common::eventually("a re-check", || backend.hit_count("/auth/allow") > asked).await;
+
+    backend.set("/auth/allow", Behaviour::Status(403));
+    let mut ended = false;
+    for _ in 0..100 {
+        if sse.next_block().await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the SSE stream ended once the callback refused");
+    assert_eq!(ws.read_until_close().await, Some(1008));
+    assert!(
+        metric(
+            sidecar.admin_port,
+            "sidestream_auth_decisions_total",
+            &[("outcome", "revoked")]
+        )
+        .await
+            >= 2.0
+    );
+}

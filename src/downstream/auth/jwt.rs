@@ -100,6 +100,7 @@ impl JwtVerifier {
             .and_then(|at| at.checked_add(spec.leeway));
         Ok(Grant {
             expires_at: expires_at.filter(|_| spec.close_on_expiry),
+            recheck: None,
         })
     }
 

@@ -14,7 +14,8 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::{Options, Role, WebSocket, WebSocketError};
 
-use super::super::auth::Expiry;
+use super::super::auth::{Expiry, Lapse};
+use super::super::sse::lapsed_or_never;
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Envelope, Message, Mode, Subscribe, Subscription};
@@ -47,7 +48,7 @@ enum Event {
     Frame(Result<Frame, WebSocketError>),
     PingDue,
     PongOverdue,
-    CredentialsExpired,
+    CredentialsLapsed(Lapse),
 }
 
 pub struct Connection {
@@ -157,7 +158,7 @@ impl Connection {
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
-                    _ = sleep_until_or_never(self.expiry.as_ref().map(|e| e.at)) => Event::CredentialsExpired,
+                    lapse = lapsed_or_never(self.expiry.as_ref()) => Event::CredentialsLapsed(lapse),
                 }
             };
             let keep_going = match event {
@@ -189,14 +190,18 @@ impl Connection {
                     pong_due.get_or_insert(Instant::now() + self.spec.pong_timeout);
                     self.send(Frame::ping("sidestream")).await
                 }
-                Event::CredentialsExpired => {
+                Event::CredentialsLapsed(lapse) => {
                     if let Some(expiry) = &self.expiry {
-                        expiry.record();
+                        expiry.record(&lapse);
                     }
                     if let Feed::Topic { subscribed, .. } = &self.feed {
-                        tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials expired; closing");
+                        tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials lapsed; closing");
                     }
-                    self.close(CloseCode::Policy, "credentials expired").await;
+                    let reason = match &lapse {
+                        Lapse::Expired => "credentials expired".to_string(),
+                        Lapse::Revoked(reason) => format!("access revoked: {reason}"),
+                    };
+                    self.close(CloseCode::Policy, &reason).await;
                     false
                 }
                 Event::PongOverdue => {
