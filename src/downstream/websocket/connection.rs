@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, StreamExt};
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -24,6 +25,16 @@ use crate::upstream::UpstreamClient;
 
 /// How long to wait for the client's half of a close handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Client messages POSTed to the backend at once per connection. When this many are in
+/// flight, the connection stops reading the client's frames until one is answered (the
+/// client's further messages wait in its socket: TCP backpressure, nothing dropped);
+/// deliveries and pings go on meanwhile.
+const MAX_INBOUND_IN_FLIGHT: usize = 8;
+
+/// The backend's replies to client messages, in the order the messages came.
+type InboundReplies =
+    FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>>;
+
 /// Most messages gathered into one write when several are queued.
 const MAX_BATCH: usize = 64;
 
@@ -37,7 +48,7 @@ pub struct Inbound {
 pub enum Feed {
     Topic {
         subscribed: Subscribe,
-        inbound: Option<Inbound>,
+        inbound: Option<Arc<Inbound>>,
     },
     Echo,
 }
@@ -48,6 +59,7 @@ enum Event {
     Frame(Result<Frame, WebSocketError>),
     PingDue,
     PongOverdue,
+    InboundReply(Option<Bytes>),
     CredentialsLapsed(Lapse),
 }
 
@@ -64,6 +76,8 @@ pub struct Connection {
     /// When the client's credentials expire (the connection is closed with 1008 then).
     expiry: Option<Expiry>,
     inbound_rate: RateLimit,
+    /// Inbound POSTs in flight, off the connection loop (bounded by MAX_INBOUND_IN_FLIGHT).
+    inbound_replies: InboundReplies,
 }
 
 /// A token bucket for client messages: `per_second` refill, a burst of the same size.
@@ -129,6 +143,7 @@ impl Connection {
             feed,
             expiry,
             inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
+            inbound_replies: FuturesOrdered::new(),
         })
     }
 
@@ -154,7 +169,8 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Event::Shutdown,
-                    frame = self.ws.next_frame() => Event::Frame(frame),
+                    frame = self.ws.next_frame(), if self.inbound_replies.len() < MAX_INBOUND_IN_FLIGHT => Event::Frame(frame),
+                    Some(reply) = self.inbound_replies.next(), if !self.inbound_replies.is_empty() => Event::InboundReply(reply),
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
@@ -179,6 +195,11 @@ impl Connection {
                     false
                 }
                 Event::Frame(Ok(frame)) => self.on_frame(frame, &mut pong_due).await,
+                Event::InboundReply(None) => true,
+                Event::InboundReply(Some(body)) => match std::str::from_utf8(&body) {
+                    Ok(_) => self.send(Frame::text(body)).await,
+                    Err(_) => self.send(Frame::binary(body)).await,
+                },
                 Event::Frame(Err(WebSocketError::ConnectionClosed)) => false,
                 Event::Frame(Err(error)) => {
                     tracing::debug!("WebSocket client error: {error}");
@@ -418,11 +439,13 @@ impl Connection {
             Feed::Topic {
                 inbound: Some(inbound),
                 ..
-            } => match Box::pin(forward(inbound, payload, text)).await {
-                Some(body) if std::str::from_utf8(&body).is_ok() => Frame::text(body),
-                Some(body) => Frame::binary(body),
-                None => return true,
-            },
+            } => {
+                // Answered from the loop when it comes back, so a slow backend stalls
+                // neither deliveries nor pings.
+                let forwarding = forward(Arc::clone(inbound), payload, text);
+                self.inbound_replies.push_back(Box::pin(forwarding));
+                return true;
+            }
         };
         self.send(reply).await
     }
@@ -472,7 +495,7 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
 
 /// POSTs a client message to the topic's inbound URL; the backend's reply body (2xx and not
 /// empty) is returned for this client only.
-async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes> {
+async fn forward(inbound: Arc<Inbound>, payload: Bytes, text: bool) -> Option<Bytes> {
     let content_type = if !text {
         "application/octet-stream"
     } else if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {

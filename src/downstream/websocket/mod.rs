@@ -121,7 +121,7 @@ pub async fn serve(
             };
             Feed::Topic {
                 subscribed: topic.subscribe(resume),
-                inbound,
+                inbound: inbound.map(Arc::new),
             }
         }
         Target::Echo => Feed::Echo,
