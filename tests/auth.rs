@@ -486,3 +486,205 @@ public_key_file = "tests/fixtures/auth/ed25519-public.pem"
         401
     );
 }
+
+/// Cross-site WebSocket hijacking: a browser adds the user's cookie to a WebSocket opened by
+/// any page, so without a `[cors]` allowlist a foreign `Origin` is refused where the token can
+/// come from a cookie. Tools that send no `Origin` (and same-origin pages) still connect.
+#[tokio::test]
+async fn a_foreign_origin_cannot_open_a_websocket_on_cookie_auth() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/prices/AAPL", Behaviour::Json("{\"p\":1}".into()));
+    backend.set("/backend/orders/7", Behaviour::Json("{\"o\":7}".into()));
+    backend.set("/auth/allow", Behaviour::Status(204));
+    let secret = secret_file();
+    let topics = format!(
+        "{}{}",
+        jwt_topics(&secret.0, ""),
+        r#"
+[[topic]]
+name = "orders"
+path = "/orders/{account}"
+source.poll = { url = "/backend/orders/{account}", interval_ms = 50 }
+auth = "backend"
+
+[auth.backend.callback]
+url = "/auth/allow"
+"#
+    );
+    let sidecar = TestSidecar::start(backend.port, "", &topics).await;
+    let port = sidecar.port;
+    let token = hs256(SECRET, json!({"exp": now() + 600, "topics": ["prices/*"]}));
+    let cookie = format!("session={token}");
+    let foreign = ("Origin", "https://evil.example.net");
+
+    let ws = WsClient::connect(port, "/prices/AAPL", None, &[("Cookie", &cookie), foreign]).await;
+    assert_eq!(ws.status, 403, "{}", ws.response);
+    // The callback forwards `cookie` by default: the same holds there.
+    let ws = WsClient::connect(port, "/orders/7", None, &[("Cookie", "sid=alice"), foreign]).await;
+    assert_eq!(ws.status, 403, "{}", ws.response);
+    assert_eq!(
+        backend.hit_count("/auth/allow"),
+        0,
+        "refused before auth was asked"
+    );
+
+    let ws = WsClient::connect(port, "/prices/AAPL", None, &[("Cookie", &cookie)]).await;
+    assert_eq!(ws.status, 101, "no Origin: {}", ws.response);
+    let same = format!("http://127.0.0.1:{port}");
+    let ws = WsClient::connect(
+        port,
+        "/prices/AAPL",
+        None,
+        &[("Cookie", &cookie), ("Origin", &same)],
+    )
+    .await;
+    assert_eq!(ws.status, 101, "same origin: {}", ws.response);
+    let ws = WsClient::connect(port, "/orders/7", None, &[("Cookie", "sid=alice")]).await;
+    assert_eq!(ws.status, 101, "{}", ws.response);
+}
+
+/// Dates no clock can hold (`exp` above i64::MAX or 1e20, a negative `nbf`) are a `401`,
+/// and the sidecar goes on serving.
+#[tokio::test]
+async fn out_of_range_token_dates_are_401() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/prices/AAPL", Behaviour::Json("{\"p\":1}".into()));
+    let secret = secret_file();
+    let sidecar = TestSidecar::start(backend.port, "", &jwt_topics(&secret.0, "")).await;
+    for claims in [
+        json!({"exp": u64::MAX, "topics": ["**"]}),
+        json!({"exp": 1e20, "topics": ["**"]}),
+        json!({"exp": now() + 600, "nbf": -5, "topics": ["**"]}),
+    ] {
+        let token = hs256(SECRET, claims.clone());
+        let reply = get(
+            sidecar.port,
+            "/prices/AAPL",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{claims}: {}", reply.text());
+    }
+    let good = hs256(SECRET, json!({"exp": now() + 600, "topics": ["**"]}));
+    let mut sse = SseClient::connect(sidecar.port, &format!("/prices/AAPL?access_token={good}"), &[]).await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.next_event().await.is_some());
+}
+
+/// A JWKS refresh in flight (here a slow one, started by a token with an unknown `kid`)
+/// does not hold up tokens whose key is already known.
+#[tokio::test]
+async fn a_slow_jwks_refresh_does_not_stall_known_keys() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/news", Behaviour::Json("{\"n\":1}".into()));
+    let jwks = std::fs::read_to_string("tests/fixtures/auth/jwks.json").unwrap();
+    backend.set("/keys", Behaviour::Plain("application/json", jwks.clone()));
+    let topics = r#"
+[[topic]]
+name = "news"
+path = "/news"
+source.poll = { url = "/backend/news", interval_ms = 50 }
+auth = "issuer"
+
+[auth.issuer.jwt]
+algorithms = ["ES256"]
+jwks_url = "/keys"
+jwks_refresh_ms = 100
+"#;
+    let sidecar = TestSidecar::start(backend.port, "", topics).await;
+    let key =
+        EncodingKey::from_ec_pem(&std::fs::read("tests/fixtures/auth/es256-private.pem").unwrap()).unwrap();
+    let sign = |kid: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        encode(&header, &json!({"exp": now() + 600}), &key).unwrap()
+    };
+    let good = format!("Bearer {}", sign("test-key-1"));
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(sidecar.port, "/news", &[("Authorization", &good)])
+            .await
+            .status
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+
+    backend.set("/keys", Behaviour::Delayed(5000, "application/json", jwks));
+    tokio::time::sleep(Duration::from_millis(150)).await; // the refresh interval is over
+    let fetches = backend.hit_count("/keys");
+    let port = sidecar.port;
+    let random = format!("Bearer {}", sign("random-kid-7"));
+    let slow = tokio::spawn(async move { get(port, "/news", &[("Authorization", &random)]).await.status });
+    common::eventually("the slow JWKS fetch is in flight", || {
+        backend.hit_count("/keys") > fetches
+    })
+    .await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(3),
+        get(sidecar.port, "/news", &[("Authorization", &good)]),
+    )
+    .await
+    .expect("a known key is verified while the fetch is in flight");
+    assert_eq!(reply.status, 200);
+    assert!(!slow.is_finished(), "the fetch was still in flight");
+    assert_eq!(
+        slow.await.unwrap(),
+        401,
+        "the unknown kid, once the fetch is done"
+    );
+}
+
+/// A callback grant on a held stream is asked again every `cache_ms`: once the callback
+/// refuses, the SSE stream ends and the WebSocket closes with 1008, as for an expired token.
+#[tokio::test]
+async fn a_revoked_callback_grant_ends_held_streams() {
+    let backend = TestBackend::start().await;
+    backend.set("/backend/orders/7", Behaviour::Json("{\"o\":7}".into()));
+    backend.set("/auth/allow", Behaviour::Status(204));
+    let topics = r#"
+[[topic]]
+name = "orders"
+path = "/orders/{account}"
+source.poll = { url = "/backend/orders/{account}", interval_ms = 50 }
+auth = "backend"
+
+[auth.backend.callback]
+url = "/auth/allow"
+forward_headers = ["authorization"]
+cache_ms = 300
+"#;
+    let sidecar = TestSidecar::start(backend.port, "", topics).await;
+    let alice = [("Authorization", "Bearer alice")];
+    let mut sse = SseClient::connect(sidecar.port, "/orders/7", &alice).await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.next_event().await.is_some());
+    let mut ws = WsClient::connect(sidecar.port, "/orders/7", None, &alice).await;
+    assert_eq!(ws.status, 101);
+    let asked = backend.hit_count("/auth/allow");
+    // Still allowed: the streams are re-checked and stay.
+    common::eventually("a re-check", || backend.hit_count("/auth/allow") > asked).await;
+
+    backend.set("/auth/allow", Behaviour::Status(403));
+    let mut ended = false;
+    for _ in 0..100 {
+        if sse.next_block().await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the SSE stream ended once the callback refused");
+    assert_eq!(ws.read_until_close().await, Some(1008));
+    assert!(
+        metric(
+            sidecar.admin_port,
+            "sidestream_auth_decisions_total",
+            &[("outcome", "revoked")]
+        )
+        .await
+            >= 2.0
+    );
+}

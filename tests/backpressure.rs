@@ -28,6 +28,16 @@ on_full = "drop_oldest"
 source.push = {}
 queue_max_messages = 20
 history_max_messages = 10000
+
+[[topic]]
+name = "drop-ws"
+path = "/drop-ws"
+mode = "events"
+on_full = "drop_oldest"
+source.push = {}
+queue_max_messages = 20
+history_max_messages = 10000
+websocket = { envelope = "json" }
 "#;
 
 async fn instance(sidecar: &TestSidecar, name: &str, subscribers: usize) -> Arc<Topic> {
@@ -166,4 +176,79 @@ async fn drop_oldest_signals_the_gap() {
         }
     }
     assert!(resets > 0);
+}
+
+/// WebSocket with the JSON envelope: a gap `drop_oldest` leaves is announced before the
+/// next message, as SSE does, with the position before it and the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_signals_the_gap_on_websocket() {
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
+    let mut client = common::ws::WsClient::connect(sidecar.port, "/drop-ws", None, &[]).await;
+    assert_eq!(client.status, 101);
+    let topic = instance(&sidecar, "drop-ws", 1).await;
+    // The client reads nothing meanwhile: its socket fills, then its queue overflows.
+    flood(&topic, 4000).await;
+    let mut resets = 0;
+    let mut previous = 0;
+    while previous < 4000 {
+        let frame = client.read_message().await;
+        let message: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap();
+        if message["reset"] == true {
+            assert!(message["skipped"].as_u64().unwrap() > 0, "{message}");
+            resets += 1;
+            continue;
+        }
+        let n = leading_number(message["data"].as_str().unwrap_or(&message["data"].to_string()));
+        assert!(n > previous, "in order");
+        assert!(
+            n == previous + 1 || resets > 0,
+            "a jump from {previous} to {n} is announced by a reset"
+        );
+        previous = n;
+    }
+    assert!(resets > 0, "messages were dropped and announced");
+}
+
+/// Long poll on a `drop_oldest` topic: an answer is every message after the cursor (from
+/// history when the request's queue dropped some), or says `reset` with `skipped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_long_polls_leave_no_silent_gap() {
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
+    let first = get(sidecar.port, "/drop?wait=0.05", &[]).await;
+    let topic = sidecar
+        .registry
+        .get(&TopicKey::new("drop", vec![]))
+        .unwrap_or_else(|| panic!("{} {}", first.status, first.text()));
+    let mut cursor = topic.cursor().to_string();
+    let port = sidecar.port;
+    let path = format!("/drop?wait=5&cursor={cursor}");
+    let held = tokio::spawn(async move { get(port, &path, &[]).await });
+    let topic_ref = topic.clone();
+    eventually("the poll is held", || topic_ref.subscriber_count() == 1).await;
+    for n in 1..=2000 {
+        topic.publish(numbered_payload(n, 4096));
+    }
+    let mut replies = vec![held.await.unwrap()];
+    let mut previous = 0;
+    loop {
+        let reply = replies.pop().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let batch: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let reset = batch["reset"] == true;
+        if let Some(skipped) = batch.get("skipped") {
+            assert!(reset && skipped.as_u64().unwrap() > 0, "{batch}");
+        }
+        for message in batch["messages"].as_array().unwrap() {
+            let n = leading_number(message["data"].as_str().unwrap_or(&message["data"].to_string()));
+            assert!(n == previous + 1 || reset, "a silent jump from {previous} to {n}");
+            previous = n;
+        }
+        cursor = batch["cursor"].as_str().unwrap().to_string();
+        if previous >= 2000 {
+            break;
+        }
+        replies.push(get(sidecar.port, &format!("/drop?wait=5&cursor={cursor}"), &[]).await);
+    }
 }

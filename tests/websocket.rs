@@ -26,6 +26,13 @@ source.poll = { url = "/ticker-source", interval_ms = 60000 }
 websocket = { ping_interval_ms = 60000 }
 
 [[topic]]
+name = "echo-room"
+path = "/echo-room"
+mode = "events"
+source.poll = { url = "/echo-room-source", interval_ms = 60000 }
+websocket = { inbound = "/echo/room", ping_interval_ms = 60000 }
+
+[[topic]]
 name = "no-ws"
 path = "/no-ws"
 transports = ["sse"]
@@ -273,4 +280,92 @@ async fn shutdown_closes_with_1001() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     sidecar.shutdown();
     assert_eq!(closing.await.unwrap(), Some(1001));
+}
+
+/// The client's own forwarding headers never reach the backend: it sees exactly one
+/// `X-Forwarded-For`, the TCP peer.
+#[tokio::test]
+async fn inbound_posts_carry_one_forwarded_for_the_peer() {
+    let (backend, sidecar) = setup().await;
+    backend.set("/rooms/a/messages", Behaviour::Json("{\"accepted\":true}".into()));
+    get(sidecar.port, "/rooms/a?wait=5", &[]).await;
+    let mut sender = WsClient::connect(
+        sidecar.port,
+        "/rooms/a",
+        None,
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("True-Client-IP", "6.6.6.6"),
+        ],
+    )
+    .await;
+    assert_eq!(sender.status, 101);
+    sender.send_text("{\"say\":\"hi\"}").await;
+    assert_eq!(sender.read_message().await.text(), "{\"accepted\":true}");
+    let posted = backend.hits("/rooms/a/messages");
+    assert_eq!(posted.len(), 1);
+    let headers = &posted[0].headers;
+    let forwarded_for: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded_for, ["127.0.0.1"], "{headers:?}");
+    for name in ["forwarded", "x-real-ip", "x-forwarded-host", "true-client-ip"] {
+        assert!(headers.get(name).is_none(), "{name} forwarded: {headers:?}");
+    }
+}
+
+/// A slow inbound backend stalls neither deliveries to that client nor anything else on
+/// its connection: the hub message published while the POST is in flight arrives first,
+/// and then the reply.
+#[tokio::test]
+async fn a_slow_inbound_backend_does_not_stall_deliveries() {
+    let (backend, sidecar) = setup().await;
+    backend.set(
+        "/rooms/a/messages",
+        Behaviour::Delayed(400, "application/json", "{\"accepted\":true}".into()),
+    );
+    get(sidecar.port, "/rooms/a?wait=5", &[]).await;
+    let mut client = WsClient::connect(sidecar.port, "/rooms/a", None, &[]).await;
+    let topic = sidecar.registry.get(&room("a")).unwrap();
+    eventually("subscribed", || topic.subscriber_count() == 1).await;
+    client.send_text("{\"say\":\"hi\"}").await;
+    eventually("the POST is in flight", || {
+        backend.hit_count("/rooms/a/messages") == 1
+    })
+    .await;
+    topic.publish(Payload {
+        data: Bytes::from_static(b"\"broadcast\""),
+        ..Payload::default()
+    });
+    let first: serde_json::Value = serde_json::from_slice(&client.read_message().await.payload).unwrap();
+    assert_eq!(
+        first["data"], "broadcast",
+        "delivered while the POST was in flight"
+    );
+    assert_eq!(client.read_message().await.text(), "{\"accepted\":true}");
+}
+
+/// Several client messages in flight at once: the replies come back in the order sent.
+#[tokio::test]
+async fn inbound_replies_come_back_in_order() {
+    let (backend, sidecar) = setup().await;
+    backend.set("/echo-room-source", Behaviour::Json("0".into()));
+    let mut client = WsClient::connect(sidecar.port, "/echo-room", None, &[]).await;
+    assert_eq!(client.status, 101);
+    let sent: Vec<String> = (0..6).map(|n| format!("message {n}")).collect();
+    for text in &sent {
+        client.send_text(text).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < sent.len() {
+        let frame = client.read_message().await;
+        let text = frame.text();
+        // The topic's own first message (its state) may come in between; replies are the
+        // echoed texts.
+        if text.starts_with("message ") {
+            replies.push(text);
+        }
+    }
+    assert_eq!(replies, sent);
 }

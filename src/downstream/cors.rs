@@ -39,6 +39,7 @@ impl HttpModuleBuilder for CorsBuilder {
         Box::new(Cors {
             cors: Arc::clone(&self.cors),
             topics: Arc::clone(&self.topics),
+            topic: false,
             origin: None,
         })
     }
@@ -47,6 +48,8 @@ impl HttpModuleBuilder for CorsBuilder {
 struct Cors {
     cors: Arc<CorsSettings>,
     topics: Arc<TopicTable>,
+    /// A topic request: its answer depends on `Origin`, whatever the origin was.
+    topic: bool,
     /// The request's origin, when it is a topic request from an allowed origin.
     origin: Option<HeaderValue>,
 }
@@ -54,12 +57,13 @@ struct Cors {
 #[async_trait]
 impl HttpModule for Cors {
     async fn request_header_filter(&mut self, request: &mut RequestHeader) -> Result<()> {
-        let Some(origin) = request.headers.get("origin") else {
-            return Ok(());
-        };
         if self.topics.current().route_raw(request.uri.path()).is_none() {
             return Ok(());
         }
+        self.topic = true;
+        let Some(origin) = request.headers.get("origin") else {
+            return Ok(());
+        };
         match origin.to_str() {
             Ok(text) if self.cors.allows(text) => self.origin = Some(origin.clone()),
             _ => METRICS.origin_refusals.inc(),
@@ -68,11 +72,16 @@ impl HttpModule for Cors {
     }
 
     async fn response_header_filter(&mut self, response: &mut ResponseHeader, _end: bool) -> Result<()> {
+        // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
+        // never hands one origin's answer to another (Fetch standard, "CORS protocol and
+        // HTTP caches").
+        if std::mem::take(&mut self.topic) {
+            response.append_header("Vary", "Origin")?;
+        }
         let Some(origin) = self.origin.take() else {
             return Ok(());
         };
         response.insert_header("Access-Control-Allow-Origin", origin)?;
-        response.append_header("Vary", "Origin")?;
         response.insert_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
         if self.cors.allow_credentials {
             response.insert_header("Access-Control-Allow-Credentials", "true")?;
@@ -89,6 +98,47 @@ impl HttpModule for Cors {
     }
 }
 
+/// Whether a WebSocket upgrade carrying `origin` may proceed. With an allowlist, the list
+/// decides. Without one, a cross-origin page is refused only where the topic's auth can ride
+/// on a cookie the browser adds by itself (`cookie_auth`): there the page would read the
+/// topic as the user. Same origin = the `Origin`'s host and port equal the `Host` header's.
+pub fn websocket_origin_allowed(
+    cors: &CorsSettings,
+    origin: &str,
+    request: &RequestHeader,
+    cookie_auth: bool,
+) -> bool {
+    if cors.enabled() {
+        return cors.allows(origin);
+    }
+    !cookie_auth || same_origin(origin, request)
+}
+
+/// `Origin: scheme://host[:port]` names the host the request is addressed to (`Host`, or the
+/// request target's authority). An opaque origin (`null`) is never the same.
+fn same_origin(origin: &str, request: &RequestHeader) -> bool {
+    let Ok(origin) = origin.trim().parse::<http::Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(origin_host)) = (origin.scheme_str(), origin.host()) else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return false,
+    };
+    let authority = match request.headers.get("host").and_then(|h| h.to_str().ok()) {
+        Some(host) => host.trim().parse::<http::uri::Authority>().ok(),
+        None => request.uri.authority().cloned(),
+    };
+    let Some(authority) = authority else {
+        return false;
+    };
+    authority.host().eq_ignore_ascii_case(origin_host)
+        && authority.port_u16().unwrap_or(default_port) == origin.port_u16().unwrap_or(default_port)
+}
+
 /// The extra headers of a `204` preflight answer. The allow-origin header itself is added
 /// by the module, and only for an allowed origin.
 pub fn preflight_headers(cors: &CorsSettings) -> Vec<(&'static str, String)> {
@@ -101,4 +151,87 @@ pub fn preflight_headers(cors: &CorsSettings) -> Vec<(&'static str, String)> {
         ),
         ("Allow", "GET, HEAD, OPTIONS".into()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(host: &str) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", b"/prices/AAPL", None).expect("valid");
+        request.insert_header("Host", host).expect("valid");
+        request
+    }
+
+    #[test]
+    fn same_origin_compares_host_and_port_with_scheme_defaults() {
+        let none = CorsSettings::default();
+        let local = upgrade("127.0.0.1:8080");
+        assert!(websocket_origin_allowed(
+            &none,
+            "http://127.0.0.1:8080",
+            &local,
+            true
+        ));
+        assert!(!websocket_origin_allowed(
+            &none,
+            "http://127.0.0.1:8081",
+            &local,
+            true
+        ));
+        assert!(!websocket_origin_allowed(
+            &none,
+            "https://evil.example",
+            &local,
+            true
+        ));
+        assert!(!websocket_origin_allowed(&none, "null", &local, true));
+        // Without cookie-borne auth a foreign page gains nothing it could not fetch itself.
+        assert!(websocket_origin_allowed(
+            &none,
+            "https://evil.example",
+            &local,
+            false
+        ));
+        let named = upgrade("App.Example.com");
+        assert!(websocket_origin_allowed(
+            &none,
+            "https://app.example.com:443",
+            &upgrade("app.example.com"),
+            true
+        ));
+        assert!(websocket_origin_allowed(
+            &none,
+            "http://app.example.com",
+            &named,
+            true
+        ));
+        assert!(!websocket_origin_allowed(
+            &none,
+            "http://app.example.com:8443",
+            &named,
+            true
+        ));
+    }
+
+    #[test]
+    fn an_allowlist_decides_on_its_own() {
+        let cors = CorsSettings {
+            allowed_origins: ["https://app.example.com".to_string()].into(),
+            ..CorsSettings::default()
+        };
+        let request = upgrade("127.0.0.1:8080");
+        assert!(websocket_origin_allowed(
+            &cors,
+            "https://app.example.com",
+            &request,
+            true
+        ));
+        assert!(!websocket_origin_allowed(
+            &cors,
+            "http://127.0.0.1:8080",
+            &request,
+            false
+        ));
+    }
 }

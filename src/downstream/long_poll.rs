@@ -10,7 +10,8 @@ use pingora_proxy::Session;
 use tokio_util::sync::CancellationToken;
 
 use super::response::{
-    batch_response, not_modified, poll_cursor, requested_wait, respond, respond_reason, state_response,
+    batch_response, make_private, not_modified, poll_cursor, requested_wait, respond, respond_reason,
+    state_response,
 };
 use crate::config::TopicSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Topic};
@@ -23,6 +24,8 @@ enum Outcome {
         messages: Vec<Arc<Message>>,
         reset: bool,
         position: Cursor,
+        /// Messages dropped before these (`drop_oldest`) that history could not supply.
+        skipped: u64,
     },
     /// Nothing new within the wait (or the server is draining): `304`.
     NothingNew(Cursor),
@@ -34,6 +37,7 @@ pub async fn serve(
     topic: Arc<Topic>,
     spec: &TopicSpec,
     shutdown: &CancellationToken,
+    private: bool,
 ) -> Result<()> {
     let request = session.req_header();
     let wait = match requested_wait(request, spec.long_poll_max_wait) {
@@ -60,7 +64,7 @@ pub async fn serve(
             .inc_by(delivered);
     }
     let mode = spec.mode();
-    let (response, body) = match outcome {
+    let (mut response, body) = match outcome {
         Outcome::ClientGone => {
             session.set_keepalive(None);
             return Ok(());
@@ -70,15 +74,19 @@ pub async fn serve(
             messages,
             reset,
             position,
+            skipped,
         } => match (mode, messages.last()) {
             (Mode::State, Some(latest)) => state_response(&topic, latest)?,
             (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
             (Mode::Events, last) => {
                 let cursor = last.map_or(position, |m| m.cursor);
-                batch_response(mode, cursor, &messages, reset)?
+                batch_response(mode, cursor, &messages, reset, skipped)?
             }
         },
     };
+    if private {
+        make_private(&mut response)?;
+    }
     respond(session, response, body).await
 }
 
@@ -103,6 +111,7 @@ async fn hold(
             position: reset.unwrap_or(position),
             messages: backlog,
             reset: reset.is_some(),
+            skipped: 0,
         };
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -114,16 +123,41 @@ async fn hold(
         _ = session.read_body_or_idle(true) => return Outcome::ClientGone,
     };
     match first {
-        Delivery::Message { message, .. } => {
+        Delivery::Message { message, skipped } => {
             // Everything already queued goes in the same answer: fewer round trips under load.
             let mut messages = vec![message];
-            while let Some(Delivery::Message { message, .. }) = subscription.try_recv() {
+            let mut gap = skipped;
+            while let Some(Delivery::Message { message, skipped }) = subscription.try_recv() {
+                gap += skipped;
                 messages.push(message);
             }
-            Outcome::Messages {
-                messages,
-                reset: false,
-                position,
+            if gap == 0 || topic.settings().mode == Mode::State {
+                // A state topic answers with the newest state anyway: nothing is missing.
+                return Outcome::Messages {
+                    messages,
+                    reset: false,
+                    position,
+                    skipped: 0,
+                };
+            }
+            // `drop_oldest` dropped messages for this request ("nothing falls between two
+            // polls"): history may still hold all of them; if not, the gap is announced as
+            // SSE announces it, with `reset` and how many were skipped.
+            drop(subscription);
+            let again = topic.subscribe(Resume::After(position));
+            match again.reset {
+                None => Outcome::Messages {
+                    messages: again.backlog,
+                    reset: false,
+                    position,
+                    skipped: 0,
+                },
+                Some(_) => Outcome::Messages {
+                    messages,
+                    reset: true,
+                    position,
+                    skipped: gap,
+                },
             }
         }
         Delivery::Closed(CloseReason::Overflow) => {
@@ -135,6 +169,7 @@ async fn hold(
                 position: again.reset.unwrap_or(position),
                 reset: again.reset.is_some(),
                 messages: again.backlog,
+                skipped: 0,
             }
         }
         Delivery::Closed(CloseReason::TopicClosed) => Outcome::NothingNew(position),

@@ -191,12 +191,17 @@ impl Sidecar {
             Err(refusal) => return respond_reason(session, refusal.status, &refusal.reason, &[]).await,
         };
         let spec = route.spec;
-        if transport == Transport::Websocket && self.cors.enabled() {
-            // Browsers send `Origin` on every WebSocket; a page from elsewhere is refused
-            // before the upgrade (cross-site WebSocket hijacking).
-            let origin = router::header(session.req_header(), "origin");
-            if origin.is_some_and(|origin| !self.cors.allows(origin)) {
-                return respond_reason(session, 403, "this Origin may not open WebSockets here", &[]).await;
+        if transport == Transport::Websocket {
+            // Browsers send `Origin` on every WebSocket, and the user's cookies with it; a page
+            // from elsewhere is refused before the upgrade (cross-site WebSocket hijacking).
+            // No `Origin` is a non-browser client, which carries no ambient credentials.
+            let request = session.req_header();
+            let cookie_auth = spec.auth.as_deref().is_some_and(auth::cookie_borne);
+            if let Some(origin) = router::header(request, "origin") {
+                if !cors::websocket_origin_allowed(&self.cors, origin, request, cookie_auth) {
+                    return respond_reason(session, 403, "this Origin may not open WebSockets here", &[])
+                        .await;
+                }
             }
         }
         let expiry = match &spec.auth {
@@ -214,6 +219,8 @@ impl Sidecar {
             }
             None => None,
         };
+        // Authenticated answers are for this user only (`Cache-Control: private`).
+        let private = spec.auth.is_some();
         let forwarded = router::forwarded_headers(session.req_header(), spec);
         let key = route.key.with_forwarded(forwarded.clone());
         // A new instance is paid for from the client's share; joining one never is. At the
@@ -245,7 +252,7 @@ impl Sidecar {
                     spread: self.drain_spread,
                 };
                 let in_flight = self.in_flight.enter();
-                sse::serve(session, topic, spec, &drain, expiry, in_flight).await
+                sse::serve(session, topic, spec, &drain, expiry, in_flight, private).await
             }
             // The rarer, larger futures are boxed: a match holds its largest arm inline, and
             // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
@@ -265,9 +272,9 @@ impl Sidecar {
                     },
                     None => None,
                 };
-                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown)).await
+                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown, private)).await
             }
-            Transport::ShortPoll => short_poll::serve(session, topic, spec).await,
+            Transport::ShortPoll => short_poll::serve(session, topic, spec, private).await,
             Transport::Websocket => {
                 let target = websocket::Target::topic(topic, &self.client, spec.websocket.inbound.as_ref());
                 Box::pin(websocket::serve(

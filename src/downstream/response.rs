@@ -27,9 +27,10 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
     let head = session.req_header().method == http::Method::HEAD;
     let status = response.status.as_u16();
     let no_body = head || status == 304 || status == 204;
-    // A 204 carries no Content-Length at all (RFC 9110 §8.6); a 304 repeats a zero.
-    if status != 204 {
-        response.insert_header("Content-Length", if status == 304 { 0 } else { body.len() })?;
+    // A 204 carries no Content-Length at all, and a 304 may carry one only if it equals the
+    // length a 200 would have (RFC 9110 §8.6), which this answer does not know.
+    if status != 204 && status != 304 {
+        response.insert_header("Content-Length", body.len())?;
     }
     let send_body = !no_body && !body.is_empty();
     session
@@ -38,6 +39,30 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
     if send_body {
         session.write_response_body(Some(body), true).await?;
     }
+    Ok(())
+}
+
+/// Marks a response as for this user only (RFC 9111 §5.2.2.7), keeping its other
+/// directives: one authenticated by a cookie or a query token is otherwise storable by a
+/// shared cache (only `Authorization` keeps them out, RFC 9111 §3.5).
+pub fn make_private(response: &mut ResponseHeader) -> Result<()> {
+    let current = response
+        .headers
+        .get("cache-control")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let value = match current {
+        None => "private".to_string(),
+        Some(value)
+            if value
+                .split(',')
+                .any(|d| matches!(d.trim(), "private" | "no-store")) =>
+        {
+            return Ok(())
+        }
+        Some(value) => format!("private, {value}"),
+    };
+    response.insert_header("Cache-Control", value)?;
     Ok(())
 }
 
@@ -172,13 +197,15 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
     Ok((response, message.data.clone()))
 }
 
-/// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}`, built
+/// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}` (and
+/// `"skipped"` after a gap), built
 /// from each message's pre-encoded JSON entry.
 pub fn batch_response(
     mode: Mode,
     cursor: Cursor,
     messages: &[Arc<Message>],
     reset: bool,
+    skipped: u64,
 ) -> Result<(ResponseHeader, Bytes)> {
     let size: usize = messages.iter().map(|m| m.json_entry.len() + 1).sum();
     let mut body = BytesMut::with_capacity(size + 64);
@@ -189,7 +216,12 @@ pub fn batch_response(
         }
         body.put_slice(&message.json_entry);
     }
-    body.put_slice(format!("],\"reset\":{reset}}}").as_bytes());
+    body.put_slice(format!("],\"reset\":{reset}").as_bytes());
+    if skipped > 0 {
+        // Messages the `drop_oldest` policy dropped before these, and history no longer has.
+        body.put_slice(format!(",\"skipped\":{skipped}").as_bytes());
+    }
+    body.put_u8(b'}');
     let mut response = ResponseHeader::build(200, Some(5))?;
     response.insert_header("Content-Type", "application/json")?;
     polling_headers(&mut response, cursor, mode)?;

@@ -7,11 +7,14 @@ use bytes::Bytes;
 use pingora_error::Result;
 use pingora_proxy::Session;
 
-use super::response::{batch_response, not_modified, poll_cursor, respond, respond_reason, state_response};
+use super::response::{
+    batch_response, make_private, not_modified, poll_cursor, respond, respond_reason, state_response,
+};
 use crate::config::TopicSpec;
 use crate::hub::{Mode, Resume, Subscribe, Topic};
 
-pub async fn serve(session: &mut Session, topic: Arc<Topic>, spec: &TopicSpec) -> Result<()> {
+/// `private`: the request was authenticated (see [`make_private`]).
+pub async fn serve(session: &mut Session, topic: Arc<Topic>, spec: &TopicSpec, private: bool) -> Result<()> {
     // The instance lingers from the last request, so pollers alone keep it (and its
     // upstream) alive.
     topic.touch();
@@ -27,7 +30,7 @@ pub async fn serve(session: &mut Session, topic: Arc<Topic>, spec: &TopicSpec) -
         );
         return respond_reason(session, 503, &reason, &[("Retry-After", retry_after)]).await;
     };
-    let (response, body) = match spec.mode() {
+    let (mut response, body) = match spec.mode() {
         Mode::State => {
             if cursor == Some(latest.cursor) || if_none_match_any(session) {
                 (not_modified(latest.cursor, Mode::State)?, Bytes::new())
@@ -48,10 +51,13 @@ pub async fn serve(session: &mut Session, topic: Arc<Topic>, spec: &TopicSpec) -
                 let last = backlog.last().map_or(reset.unwrap_or(start), |m| m.cursor);
                 // No cursor is not a reset: the client simply starts with what history holds.
                 let reset = reset.is_some() && cursor.is_some();
-                batch_response(Mode::Events, last, &backlog, reset)?
+                batch_response(Mode::Events, last, &backlog, reset, 0)?
             }
         }
     };
+    if private {
+        make_private(&mut response)?;
+    }
     respond(session, response, body).await
 }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Expiry;
+use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
@@ -32,7 +32,7 @@ enum Step {
     Stale(bool),
     Keepalive,
     Drain,
-    CredentialsExpired,
+    CredentialsLapsed(Lapse),
     ClientGone,
 }
 
@@ -46,6 +46,14 @@ fn jittered_retry(retry: Duration) -> u64 {
 async fn sleep_until_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the stream's credentials lapse, or never (no auth, or nothing that lapses).
+pub async fn lapsed_or_never(expiry: Option<&Expiry>) -> Lapse {
+    match expiry {
+        Some(expiry) => expiry.lapsed().await,
         None => std::future::pending().await,
     }
 }
@@ -111,7 +119,21 @@ pub async fn serve(
     drain: &Drain,
     expiry: Option<Expiry>,
     in_flight: InFlightGuard,
+    private: bool,
 ) -> Result<()> {
+    let mut response = ResponseHeader::build(200, Some(5))?;
+    response.insert_header("Content-Type", "text/event-stream")?;
+    response.insert_header("Cache-Control", "no-cache, no-transform")?;
+    response.insert_header("X-Accel-Buffering", "no")?;
+    if private {
+        super::response::make_private(&mut response)?;
+    }
+    if session.req_header().method == http::Method::HEAD {
+        // The headers a GET would get, and no body (RFC 9110 §9.3.2): the request ends here
+        // and the connection stays usable.
+        return session.write_response_header(Box::new(response), true).await;
+    }
+    response.insert_header("Transfer-Encoding", "chunked")?;
     let resume = sse_resume(session.req_header());
     let Subscribe {
         reset,
@@ -119,12 +141,6 @@ pub async fn serve(
         subscription,
         ..
     } = topic.subscribe(resume);
-
-    let mut response = ResponseHeader::build(200, Some(5))?;
-    response.insert_header("Content-Type", "text/event-stream")?;
-    response.insert_header("Cache-Control", "no-cache, no-transform")?;
-    response.insert_header("X-Accel-Buffering", "no")?;
-    response.insert_header("Transfer-Encoding", "chunked")?;
     session.write_response_header(Box::new(response), false).await?;
 
     let retry_ms = jittered_retry(spec.retry);
@@ -217,7 +233,7 @@ impl SseStream {
                     continue;
                 }
                 _ = sleep_until_or_never(closing_at) => Step::Drain,
-                _ = sleep_until_or_never(self.expiry.as_ref().map(|e| e.at)) => Step::CredentialsExpired,
+                lapse = lapsed_or_never(self.expiry.as_ref()) => Step::CredentialsLapsed(lapse),
                 // Before deliveries: "fresh again" precedes the first new message.
                 Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
                 delivery = self.subscription.recv() => Step::Deliver(delivery),
@@ -259,12 +275,15 @@ impl SseStream {
                 Step::Deliver(Delivery::Closed(CloseReason::TopicClosed)) | Step::Drain => {
                     break Some(Bytes::from(format!(": draining\nretry: {}\n\n", self.retry_ms)));
                 }
-                Step::CredentialsExpired => {
+                Step::CredentialsLapsed(lapse) => {
                     if let Some(expiry) = &self.expiry {
-                        expiry.record();
+                        expiry.record(&lapse);
                     }
-                    // The client reconnects (with a fresh token, or gets its 401 then).
-                    break Some(Bytes::from_static(b": credentials expired\n\n"));
+                    // The client reconnects (with a fresh token, or gets its 401/403 then).
+                    break Some(match lapse {
+                        Lapse::Expired => Bytes::from_static(b": credentials expired\n\n"),
+                        Lapse::Revoked(_) => Bytes::from_static(b": access revoked\n\n"),
+                    });
                 }
                 Step::Stale(now_stale) => http_chunk(&stale_frame(now_stale)),
                 Step::Keepalive => Bytes::from_static(KEEPALIVE_CHUNK),

@@ -120,6 +120,8 @@ pub enum Behaviour {
     /// 200 with JSON `{"n":<requests seen on this path>}` and no validators: every poll is
     /// a change.
     Counter,
+    /// 200 with this body and content type, after this many milliseconds (a slow backend).
+    Delayed(u64, &'static str, String),
 }
 
 /// One request the backend saw.
@@ -354,6 +356,14 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
                 .status(200)
                 .header("Content-Type", "application/json")
                 .body(Full::new(Bytes::from(format!("{{\"{name}\":{value:?}}}"))))
+                .unwrap()
+        }
+        Some(Behaviour::Delayed(ms, content_type, text)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::builder()
+                .status(200)
+                .header("Content-Type", content_type)
+                .body(Full::new(Bytes::from(text)))
                 .unwrap()
         }
         Some(Behaviour::Hang) => {

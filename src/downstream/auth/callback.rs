@@ -59,7 +59,10 @@ impl CallbackGate {
             // A backend failure is not an answer: the next request asks again.
             self.forget(key, &decision);
         }
-        outcome.map(|()| Grant { expires_at: None })
+        outcome.map(|()| Grant {
+            expires_at: None,
+            recheck: None,
+        })
     }
 
     fn entry(&self, key: [u8; 20], spec: &CallbackSpec) -> Arc<OnceCell<Decision>> {

@@ -26,7 +26,10 @@ pub enum KeyLookup {
 pub struct JwksCache {
     url: String,
     refresh: Duration,
-    state: Mutex<State>,
+    /// Short critical sections only: never held across an await.
+    state: std::sync::Mutex<State>,
+    /// Held by the one request fetching the document (single flight).
+    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -44,33 +47,43 @@ impl JwksCache {
         JwksCache {
             url,
             refresh,
-            state: Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State::default()),
+            fetching: Mutex::new(()),
         }
     }
 
-    /// The key for `kid` (or the only key, for tokens without one).
+    /// The key for `kid` (or the only key, for tokens without one). A token whose key is
+    /// held never waits for a fetch in flight (a refresh due, or another token's unknown
+    /// `kid`); only requests that need the fetch's result wait for it.
     pub async fn key(&self, kid: Option<&str>, client: &UpstreamClient) -> KeyLookup {
-        // One lock holder fetches; concurrent verifications wait for its result instead of
-        // each asking the backend.
-        let mut state = self.state.lock().await;
-        // After a failure, ask again no sooner than MIN_REFETCH.
-        let stale = match (state.loaded_at, state.fetched_at) {
-            (_, None) => true,
-            (Some(loaded), Some(asked)) if loaded == asked => loaded.elapsed() >= self.refresh,
-            (_, Some(asked)) => asked.elapsed() >= MIN_REFETCH,
+        let (found, stale, asked) = {
+            let state = self.lock();
+            (find(&state.keys, kid), self.is_stale(&state), state.fetched_at)
         };
-        if stale {
-            self.fetch(&mut state, client).await;
-        }
-        if let Some(key) = find(&state.keys, kid) {
+        if let Some(key) = found {
+            if stale {
+                // Refresh now if nobody is; otherwise the held key serves meanwhile.
+                if let Ok(_fetching) = self.fetching.try_lock() {
+                    self.fetch_unless_done(asked, client).await;
+                }
+            }
             return KeyLookup::Found(key);
         }
-        let may_refetch = !stale && state.fetched_at.is_none_or(|at| at.elapsed() >= MIN_REFETCH);
-        if may_refetch {
-            self.fetch(&mut state, client).await;
-            if let Some(key) = find(&state.keys, kid) {
-                return KeyLookup::Found(key);
+        // The key is needed from the backend: one fetch at a time, and whoever waited for
+        // another's fetch uses its result rather than asking again.
+        {
+            let _fetching = self.fetching.lock().await;
+            let due = {
+                let state = self.lock();
+                self.is_stale(&state) || state.fetched_at.is_none_or(|at| at.elapsed() >= MIN_REFETCH)
+            };
+            if due {
+                self.fetch_unless_done(asked, client).await;
             }
+        }
+        let state = self.lock();
+        if let Some(key) = find(&state.keys, kid) {
+            return KeyLookup::Found(key);
         }
         if state.keys.is_empty() {
             let reason = state.last_error.clone().unwrap_or_else(|| "no keys".into());
@@ -79,8 +92,31 @@ impl JwksCache {
         KeyLookup::UnknownKid
     }
 
-    async fn fetch(&self, state: &mut State, client: &UpstreamClient) {
-        match self.download(client).await {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Due for a fetch: never fetched, the refresh interval is over, or (after a failure)
+    /// `MIN_REFETCH` has passed.
+    fn is_stale(&self, state: &State) -> bool {
+        match (state.loaded_at, state.fetched_at) {
+            (_, None) => true,
+            (Some(loaded), Some(asked)) if loaded == asked => loaded.elapsed() >= self.refresh,
+            (_, Some(asked)) => asked.elapsed() >= MIN_REFETCH,
+        }
+    }
+
+    /// Fetches (the caller holds `fetching`) unless a fetch finished since `asked` was read.
+    /// No lock on the keys is held across the request.
+    async fn fetch_unless_done(&self, asked: Option<Instant>, client: &UpstreamClient) {
+        if self.lock().fetched_at != asked {
+            return;
+        }
+        let result = self.download(client).await;
+        let mut state = self.lock();
+        match result {
             Ok(keys) => {
                 let now = Instant::now();
                 state.keys = keys;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, StreamExt};
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -14,15 +15,26 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::{Options, Role, WebSocket, WebSocketError};
 
-use super::super::auth::Expiry;
+use super::super::auth::{Expiry, Lapse};
+use super::super::sse::lapsed_or_never;
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
-use crate::hub::{CloseReason, Delivery, Envelope, Message, Subscribe, Subscription};
+use crate::hub::{CloseReason, Cursor, Delivery, Envelope, Message, Mode, Subscribe, Subscription};
 use crate::metrics::{SubscriberGauge, METRICS};
 use crate::upstream::UpstreamClient;
 
 /// How long to wait for the client's half of a close handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Client messages POSTed to the backend at once per connection. When this many are in
+/// flight, the connection stops reading the client's frames until one is answered (the
+/// client's further messages wait in its socket: TCP backpressure, nothing dropped);
+/// deliveries and pings go on meanwhile.
+const MAX_INBOUND_IN_FLIGHT: usize = 8;
+
+/// The backend's replies to client messages, in the order the messages came.
+type InboundReplies =
+    FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>>;
+
 /// Most messages gathered into one write when several are queued.
 const MAX_BATCH: usize = 64;
 
@@ -36,7 +48,7 @@ pub struct Inbound {
 pub enum Feed {
     Topic {
         subscribed: Subscribe,
-        inbound: Option<Inbound>,
+        inbound: Option<Arc<Inbound>>,
     },
     Echo,
 }
@@ -47,7 +59,8 @@ enum Event {
     Frame(Result<Frame, WebSocketError>),
     PingDue,
     PongOverdue,
-    CredentialsExpired,
+    InboundReply(Option<Bytes>),
+    CredentialsLapsed(Lapse),
 }
 
 pub struct Connection {
@@ -63,6 +76,8 @@ pub struct Connection {
     /// When the client's credentials expire (the connection is closed with 1008 then).
     expiry: Option<Expiry>,
     inbound_rate: RateLimit,
+    /// Inbound POSTs in flight, off the connection loop (bounded by MAX_INBOUND_IN_FLIGHT).
+    inbound_replies: InboundReplies,
 }
 
 /// A token bucket for client messages: `per_second` refill, a burst of the same size.
@@ -128,6 +143,7 @@ impl Connection {
             feed,
             expiry,
             inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
+            inbound_replies: FuturesOrdered::new(),
         })
     }
 
@@ -153,11 +169,12 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Event::Shutdown,
-                    frame = self.ws.next_frame() => Event::Frame(frame),
+                    frame = self.ws.next_frame(), if self.inbound_replies.len() < MAX_INBOUND_IN_FLIGHT => Event::Frame(frame),
+                    Some(reply) = self.inbound_replies.next(), if !self.inbound_replies.is_empty() => Event::InboundReply(reply),
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
-                    _ = sleep_until_or_never(self.expiry.as_ref().map(|e| e.at)) => Event::CredentialsExpired,
+                    lapse = lapsed_or_never(self.expiry.as_ref()) => Event::CredentialsLapsed(lapse),
                 }
             };
             let keep_going = match event {
@@ -165,8 +182,8 @@ impl Connection {
                     self.close(CloseCode::Away, "server shutting down").await;
                     false
                 }
-                Event::Delivery(Delivery::Message { message, .. }) => {
-                    self.send_messages(message).await.is_ok()
+                Event::Delivery(Delivery::Message { message, skipped }) => {
+                    self.send_messages(message, skipped).await.is_ok()
                 }
                 Event::Delivery(Delivery::Closed(CloseReason::Overflow)) => {
                     self.close(CloseCode::Again, "too slow: reconnect with ?cursor= to resume")
@@ -178,6 +195,11 @@ impl Connection {
                     false
                 }
                 Event::Frame(Ok(frame)) => self.on_frame(frame, &mut pong_due).await,
+                Event::InboundReply(None) => true,
+                Event::InboundReply(Some(body)) => match std::str::from_utf8(&body) {
+                    Ok(_) => self.send(Frame::text(body)).await,
+                    Err(_) => self.send(Frame::binary(body)).await,
+                },
                 Event::Frame(Err(WebSocketError::ConnectionClosed)) => false,
                 Event::Frame(Err(error)) => {
                     tracing::debug!("WebSocket client error: {error}");
@@ -189,19 +211,23 @@ impl Connection {
                     pong_due.get_or_insert(Instant::now() + self.spec.pong_timeout);
                     self.send(Frame::ping("sidestream")).await
                 }
-                Event::CredentialsExpired => {
+                Event::CredentialsLapsed(lapse) => {
                     if let Some(expiry) = &self.expiry {
-                        expiry.record();
+                        expiry.record(&lapse);
                     }
                     if let Feed::Topic { subscribed, .. } = &self.feed {
-                        tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials expired; closing");
+                        tracing::debug!(topic = %subscribed.subscription.topic().key(), "credentials lapsed; closing");
                     }
-                    self.close(CloseCode::Policy, "credentials expired").await;
+                    let reason = match &lapse {
+                        Lapse::Expired => "credentials expired".to_string(),
+                        Lapse::Revoked(reason) => format!("access revoked: {reason}"),
+                    };
+                    self.close(CloseCode::Policy, &reason).await;
                     false
                 }
                 Event::PongOverdue => {
                     tracing::debug!("WebSocket client did not answer a ping; closing");
-                    let frame = Frame::close(CloseCode::Away, "no pong");
+                    let frame = close_frame(CloseCode::Away, "no pong");
                     let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.send(frame)).await;
                     false
                 }
@@ -234,18 +260,53 @@ impl Connection {
         message.websocket_frame(self.spec.envelope, self.deflate, self.spec.deflate_min_bytes)
     }
 
-    /// Writes `first` and whatever else is already queued, in one flush.
-    async fn send_messages(&mut self, first: Arc<Message>) -> std::io::Result<()> {
-        let mut frames = vec![self.frame_of(&first)];
+    /// Writes `first` and whatever else is already queued, in one flush; a gap the
+    /// `drop_oldest` policy left before a message is announced first (see [`Self::gap_notice`]).
+    async fn send_messages(&mut self, first: Arc<Message>, skipped: u64) -> std::io::Result<()> {
+        let mut frames = Vec::with_capacity(2);
+        self.push_frames(&mut frames, &first, skipped);
         if let Feed::Topic { subscribed, .. } = &self.feed {
             while frames.len() < MAX_BATCH {
                 match subscribed.subscription.try_recv() {
-                    Some(Delivery::Message { message, .. }) => frames.push(self.frame_of(&message)),
+                    Some(Delivery::Message { message, skipped }) => {
+                        self.push_frames(&mut frames, &message, skipped)
+                    }
                     _ => break,
                 }
             }
         }
         self.write_frames(&frames).await
+    }
+
+    fn push_frames(&self, frames: &mut Vec<Bytes>, message: &Message, skipped: u64) {
+        if let Some(notice) = self.gap_notice(message, skipped) {
+            frames.push(notice);
+        }
+        frames.push(self.frame_of(message));
+    }
+
+    /// On an event topic with the JSON envelope, messages dropped for this client are
+    /// announced as SSE announces them: `{"reset":true,"cursor":<position before message>,
+    /// "skipped":n}`. Raw payloads have nowhere to say it; there the gap goes unsaid (and
+    /// is counted in the drop metric), which is documented.
+    fn gap_notice(&self, message: &Message, skipped: u64) -> Option<Bytes> {
+        let Feed::Topic { subscribed, .. } = &self.feed else {
+            return None;
+        };
+        let events = subscribed.subscription.topic().settings().mode == Mode::Events;
+        if skipped == 0 || !events || self.spec.envelope != Envelope::Json {
+            return None;
+        }
+        let position = Cursor {
+            seq: message.cursor.seq.saturating_sub(1),
+            ..message.cursor
+        };
+        let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\",\"skipped\":{skipped}}}");
+        Some(crate::hub::websocket_frame::encode_frame(
+            notice.as_bytes(),
+            true,
+            false,
+        ))
     }
 
     /// Writes pre-encoded frames straight to the socket, after yawc's own buffer is empty
@@ -304,7 +365,7 @@ impl Connection {
             | WebSocketError::InvalidContinuationFrame => CloseCode::Protocol,
             _ => return,
         };
-        let _ = self.send(Frame::close(code, error.to_string())).await;
+        let _ = self.send(close_frame(code, &error.to_string())).await;
     }
 
     /// Sends one frame through yawc (control frames, replies, echoes). `false` = gone.
@@ -317,7 +378,7 @@ impl Connection {
 
     /// Starts the close handshake and waits briefly for the client's answer.
     async fn close(&mut self, code: CloseCode, reason: &str) {
-        if !self.send(Frame::close(code, reason)).await {
+        if !self.send(close_frame(code, reason)).await {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -378,14 +439,36 @@ impl Connection {
             Feed::Topic {
                 inbound: Some(inbound),
                 ..
-            } => match Box::pin(forward(inbound, payload, text)).await {
-                Some(body) if std::str::from_utf8(&body).is_ok() => Frame::text(body),
-                Some(body) => Frame::binary(body),
-                None => return true,
-            },
+            } => {
+                // Answered from the loop when it comes back, so a slow backend stalls
+                // neither deliveries nor pings.
+                let forwarding = forward(Arc::clone(inbound), payload, text);
+                self.inbound_replies.push_back(Box::pin(forwarding));
+                return true;
+            }
         };
         self.send(reply).await
     }
+}
+
+/// Most bytes of a close reason: a control frame's payload is at most 125 bytes, two of
+/// which are the code (RFC 6455 §5.5).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` cut to [`MAX_CLOSE_REASON_BYTES`] on a character boundary (it must stay UTF-8).
+fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Frame {
+    Frame::close(code, close_reason(reason))
 }
 
 /// Writes out everything yawc has to send: frames it owes the peer (pongs, close replies,
@@ -412,7 +495,7 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
 
 /// POSTs a client message to the topic's inbound URL; the backend's reply body (2xx and not
 /// empty) is returned for this client only.
-async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes> {
+async fn forward(inbound: Arc<Inbound>, payload: Bytes, text: bool) -> Option<Bytes> {
     let content_type = if !text {
         "application/octet-stream"
     } else if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
@@ -440,5 +523,24 @@ async fn forward(inbound: &Inbound, payload: Bytes, text: bool) -> Option<Bytes>
             tracing::warn!(url = %inbound.url, "inbound message not delivered: {error}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_and_stay_utf8() {
+        assert_eq!(close_reason("short"), "short");
+        let ascii = "x".repeat(300);
+        assert_eq!(close_reason(&ascii).len(), 123);
+        // 'é' is two bytes: 61 of them are 122 bytes, the 62nd would straddle byte 123.
+        let accented = "é".repeat(100);
+        let cut = close_reason(&accented);
+        assert_eq!(cut.len(), 122);
+        assert!(accented.starts_with(cut));
+        let frame = close_frame(CloseCode::Policy, &accented);
+        assert!(frame.payload().len() <= 125, "{}", frame.payload().len());
     }
 }

@@ -64,6 +64,20 @@ const NOT_FORWARDED: &[&str] = &[
     "sec-websocket-extensions",
     "sec-websocket-protocol",
     "accept-encoding",
+    // Who the client is, as the client claims it: a backend would read a spoofed first
+    // value. sidestream writes the one `X-Forwarded-For` (the TCP peer) itself.
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
 ];
 
 /// Answers a WebSocket upgrade: handshake checks, subscription, `101`, then the connection
@@ -107,7 +121,7 @@ pub async fn serve(
             };
             Feed::Topic {
                 subscribed: topic.subscribe(resume),
-                inbound,
+                inbound: inbound.map(Arc::new),
             }
         }
         Target::Echo => Feed::Echo,
