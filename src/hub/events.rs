@@ -1,5 +1,5 @@
 //! What the hub reports about itself, through a trait: the hub counts, and whoever installed
-//! an observer (the app installs [`crate::metrics`]) records. This keeps the hub free of the
+//! an observer (the app installs the metrics module) records. This keeps the hub free of the
 //! metrics registry, and unit tests of the hub need no metrics at all.
 
 use std::sync::OnceLock;
