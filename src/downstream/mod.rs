@@ -199,6 +199,7 @@ impl Sidecar {
             let cookie_auth = spec.auth.as_deref().is_some_and(auth::cookie_borne);
             if let Some(origin) = router::header(request, "origin") {
                 if !cors::websocket_origin_allowed(&self.cors, origin, request, cookie_auth) {
+                    METRICS.origin_refusals.inc();
                     return respond_reason(session, 403, "this Origin may not open WebSockets here", &[])
                         .await;
                 }
