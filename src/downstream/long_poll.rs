@@ -1,6 +1,7 @@
 //! Long polling: the request is held on a hub subscription plus a timer (no thread, no busy
 //! loop) until something after the client's cursor exists or the wait runs out.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +98,18 @@ async fn hold(
     wait: Duration,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    hold_on(topic, cursor, wait, shutdown, session.read_body_or_idle(true)).await
+}
+
+/// The hold itself, with the client's going away as a future (it ends the hold when it
+/// completes, whatever its output) so that it runs without a pingora session in tests.
+async fn hold_on<F: Future>(
+    topic: &Arc<Topic>,
+    cursor: Option<Cursor>,
+    wait: Duration,
+    shutdown: &CancellationToken,
+    client_gone: F,
+) -> Outcome {
     let resume = cursor.map_or(Resume::Latest, Resume::After);
     let Subscribe {
         reset,
@@ -120,7 +133,7 @@ async fn hold(
         _ = shutdown.cancelled() => return Outcome::NothingNew(position),
         delivery = subscription.recv() => delivery,
         _ = tokio::time::sleep_until(deadline) => return Outcome::NothingNew(position),
-        _ = session.read_body_or_idle(true) => return Outcome::ClientGone,
+        _ = client_gone => return Outcome::ClientGone,
     };
     match first {
         Delivery::Message { message, skipped } => {
@@ -173,5 +186,110 @@ async fn hold(
             }
         }
         Delivery::Closed(CloseReason::TopicClosed) => Outcome::NothingNew(position),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{HistoryLimits, OverflowPolicy, Payload, QueueLimits, TopicKey, TopicSettings};
+
+    /// An event topic under `drop_oldest` whose subscriber queue holds two messages.
+    fn drop_oldest_topic(history: usize) -> Arc<Topic> {
+        Topic::new(
+            TopicKey::new("t", vec![]),
+            TopicSettings {
+                mode: Mode::Events,
+                history: HistoryLimits {
+                    max_messages: history,
+                    max_bytes: 1 << 20,
+                },
+                queue: QueueLimits {
+                    max_messages: 2,
+                    max_bytes: 1 << 20,
+                },
+                on_full: OverflowPolicy::DropOldest,
+                idle_linger: Duration::from_secs(5),
+            },
+        )
+    }
+
+    fn publish(topic: &Topic) -> Cursor {
+        topic
+            .publish(Payload {
+                data: Bytes::from_static(b"x"),
+                ..Payload::default()
+            })
+            .cursor
+    }
+
+    /// Holds a long poll after `cursor` and, once it waits on its queue, publishes `burst`
+    /// messages in one go: more than the queue holds before the poll gets to drain it.
+    async fn poll_through_a_burst(topic: &Arc<Topic>, cursor: Cursor, burst: usize) -> Outcome {
+        let held = tokio::spawn({
+            let topic = topic.clone();
+            async move {
+                let shutdown = CancellationToken::new();
+                let never_gone = std::future::pending::<()>();
+                hold_on(
+                    &topic,
+                    Some(cursor),
+                    Duration::from_secs(30),
+                    &shutdown,
+                    never_gone,
+                )
+                .await
+            }
+        });
+        // Subscribing and starting to wait happen in one poll of the task, so once it is
+        // subscribed it waits; the runtime is current-thread and nothing below yields, so
+        // the whole burst is queued (and overflows) before the poll drains it.
+        while topic.subscriber_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..burst {
+            publish(topic);
+        }
+        held.await.expect("the hold does not panic")
+    }
+
+    /// `(seqs, reset, skipped)` of a `Messages` outcome.
+    fn answer(outcome: Outcome) -> (Vec<u64>, bool, u64) {
+        match outcome {
+            Outcome::Messages {
+                messages,
+                reset,
+                skipped,
+                ..
+            } => (messages.iter().map(|m| m.cursor.seq).collect(), reset, skipped),
+            Outcome::NothingNew(_) => panic!("answered 304"),
+            Outcome::ClientGone => panic!("client gone"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_oldest_overflow_is_answered_from_history() {
+        let topic = drop_oldest_topic(16);
+        let seen = publish(&topic);
+        // The queue keeps 5 and 6 (2..4 dropped); history still has 2..6.
+        let outcome = poll_through_a_burst(&topic, seen, 5).await;
+        assert_eq!(answer(outcome), (vec![2, 3, 4, 5, 6], false, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_oldest_overflow_beyond_history_is_a_reset_with_skipped() {
+        let topic = drop_oldest_topic(3);
+        let seen = publish(&topic);
+        // The queue keeps 6 and 7 (2..5 dropped); history has only 5..7, not 2.
+        let outcome = poll_through_a_burst(&topic, seen, 6).await;
+        assert_eq!(answer(outcome), (vec![6, 7], true, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_overflow_the_queue_is_the_answer() {
+        let topic = drop_oldest_topic(16);
+        let seen = publish(&topic);
+        let outcome = poll_through_a_burst(&topic, seen, 2).await;
+        assert_eq!(answer(outcome), (vec![2, 3], false, 0));
     }
 }
