@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::ws::WsClient;
@@ -16,28 +16,17 @@ async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
     let backend = TestBackend::start().await;
     backend.set("/prices/D", Behaviour::Json("{\"p\":1}".into()));
     let (port, admin_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("sidestream-drain-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    let (mut child, config) = spawn_sidestream(
+        port,
+        &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
-             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
-             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 200 }}\n",
+         drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 200 }}\n",
             backend.port
         ),
+        "warn",
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
     .await;
     eventually("admin listening", || {
         std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
@@ -129,28 +118,17 @@ async fn sse_streams_keep_receiving_updates_during_the_drain() {
     let backend = TestBackend::start().await;
     backend.set("/prices/F", Behaviour::Json("{\"p\":0}".into()));
     let (port, admin_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("sidestream-drain-fresh-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    let (mut child, config) = spawn_sidestream(
+        port,
+        &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
-             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
-             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 100 }}\n",
+         drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 100 }}\n",
             backend.port
         ),
+        "warn",
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
     .await;
 
     let mut clients = Vec::new();

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -25,30 +24,19 @@ fn rss_bytes(pid: u32) -> usize {
 async fn slow_oversized_headers_do_not_hold_memory() {
     let backend = TestBackend::start().await;
     let (port, admin_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("sidestream-headers-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    let (mut child, config) = spawn_sidestream(
+        port,
+        &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n\
-             [upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
-             [limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n\
-             max_request_header_bytes = {LIMIT}\n\n\
-             [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
-             source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 1000 }}\n",
+         [upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
+         [limits]\nmax_connections = 5000\nmax_connections_per_ip = 5000\n\
+         max_request_header_bytes = {LIMIT}\n\n\
+         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 1000 }}\n",
             backend.port
         ),
+        "error",
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
     .await;
     // Warm up the worker threads and their allocator arenas before the baseline.
     for _ in 0..20 {

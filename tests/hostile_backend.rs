@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,27 +87,16 @@ async fn oversized_lines_fail_the_stream_with_bounded_memory_and_the_topic_recov
     let hostile_connections = Arc::new(AtomicUsize::new(0));
     let backend_port = hostile_backend(mode.clone(), hostile_connections.clone()).await;
     let (port, admin_port) = (free_port(), free_port());
-    let config = std::env::temp_dir().join(format!("sidestream-hostile-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
+    let (mut child, config) = spawn_sidestream(
+        port,
+        &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n\
-             [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\nmax_body_bytes = {MAX_BODY_BYTES}\n\
-             backoff_initial_ms = 100\nbackoff_max_ms = 400\n\n\
-             [[topic]]\nname = \"ticks\"\npath = \"/ticks\"\nsource.stream = {{ url = \"/ticks-source\" }}\n"
+         [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\nmax_body_bytes = {MAX_BODY_BYTES}\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 400\n\n\
+         [[topic]]\nname = \"ticks\"\npath = \"/ticks\"\nsource.stream = {{ url = \"/ticks-source\" }}\n"
         ),
+        "error",
     )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
     .await;
     let mut client = SseClient::connect(port, "/ticks", &[]).await;
     assert_eq!(

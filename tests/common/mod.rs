@@ -728,3 +728,26 @@ pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64
     let body = get(admin_port, "/metrics", &[]).await.text();
     metric_value(&scrape(&body), name, labels)
 }
+
+/// Starts the real binary on `config_text` (written to a temporary file, whose path is
+/// returned for removal) with `RUST_LOG=rust_log`, and waits until it listens on `port`.
+pub async fn spawn_sidestream(
+    port: u16,
+    config_text: &str,
+    rust_log: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let config = std::env::temp_dir().join(format!("sidestream-test-{}-{port}.toml", std::process::id()));
+    std::fs::write(&config, config_text).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidestream"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    (child, config)
+}
