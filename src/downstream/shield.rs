@@ -63,7 +63,7 @@ impl Shield {
         let segments: Vec<String> = path
             .segments()
             .iter()
-            .map(|segment| segment.to_ascii_lowercase())
+            .map(|segment| fold_case(segment))
             .collect();
         self.paths
             .iter()
@@ -110,7 +110,7 @@ impl Shield {
                 pieces
                     .into_iter()
                     .map(|piece| match piece {
-                        Piece::Literal(text) => Piece::Literal(text.to_ascii_lowercase()),
+                        Piece::Literal(text) => Piece::Literal(fold_case(&text)),
                         Piece::Variable => Piece::Variable,
                     })
                     .collect()
@@ -172,6 +172,17 @@ fn segment_matches(pieces: &[Piece], text: &str) -> bool {
         }
     }
     pieces.last() == Some(&Piece::Variable) || position == text.len()
+}
+
+/// Unicode case folding (upper, then lower, per character), so that the spellings a
+/// case-insensitive backend may equate (`ı`/`I`/`i`, `ſ`/`s`, the Kelvin sign/`k`) compare
+/// equal here too: ASCII folding alone would let `/api/pr%C4%B1ces` past the shield of
+/// `/api/prices` on a backend that matches with Unicode rules (Java's `equalsIgnoreCase`).
+fn fold_case(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 #[cfg(test)]
@@ -281,6 +292,9 @@ url = "/auth/check?v=2"
         assert!(covers("/API/Prices/AAPL"));
         assert!(covers("/api/prices;x=1/AAPL"));
         assert!(covers("//api/prices/AAPL/"));
+        // Unicode look-alikes that Unicode case-insensitive matching equates with ASCII.
+        assert!(covers("/api/pr%C4%B1ces/AAPL"), "dotless i");
+        assert!(covers("/api/price%C5%BF/AAPL"), "long s");
         assert!(!covers("/api/prices"));
         assert!(!covers("/api/prices/AAPL/daily"));
         assert!(!covers("/api/news/AAPL"));
