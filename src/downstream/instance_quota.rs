@@ -96,7 +96,7 @@ impl InstanceQuota {
     /// The clients behind a request: its address, and its forwarded header values if any.
     pub fn clients(&self, ip: Option<IpAddr>, forwarded: &[(String, String)]) -> Clients {
         let mut clients = Vec::with_capacity(2);
-        clients.extend(ip.map(ClientKey::Ip));
+        clients.extend(ip.map(|ip| ClientKey::Ip(share_address(ip))));
         if forwarded.iter().any(|(_, value)| !value.is_empty()) {
             clients.push(ClientKey::Identity(self.hasher.hash_one(forwarded)));
         }
@@ -188,6 +188,22 @@ impl Held {
     }
 }
 
+/// The address a share is kept under. An IPv6 client usually holds a whole /64 and can
+/// pick any source address in it, so IPv6 shares are per /64 (a per-/128 share would be
+/// one per address it cares to use); IPv4-mapped IPv6 addresses count as their IPv4.
+fn share_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +291,16 @@ mod tests {
             "{wait:?}"
         );
         assert!(quota.admit(&quota.clients(ip(2), &[])).is_ok());
+    }
+
+    #[test]
+    fn ipv6_shares_are_per_64_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(share_address(a), share_address(b));
+        assert_ne!(share_address(a), share_address(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(share_address(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 }

@@ -60,11 +60,7 @@ impl Shield {
 
     /// What the path is, if the pass-through must not send it to the backend.
     pub fn covers(&self, path: &CanonicalPath) -> Option<&str> {
-        let segments: Vec<String> = path
-            .segments()
-            .iter()
-            .map(|segment| fold_case(segment))
-            .collect();
+        let segments: Vec<String> = path.segments().iter().map(|segment| fold_case(segment)).collect();
         self.paths
             .iter()
             .find(|shielded| {
