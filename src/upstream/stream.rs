@@ -124,11 +124,14 @@ impl StreamTask {
                 EventStreamParser::resuming(last_event_id.clone()).with_max_bytes(self.max_event_bytes),
             )
         };
-        if self.backoff.failures() > 0 {
-            tracing::info!(topic = %self.topic.key(), failures = self.backoff.failures(), "upstream stream recovered");
+        // A `200` alone proves little: a broken or hostile backend may answer it and then
+        // send an endless line. After failures, the stream counts as recovered (backoff
+        // reset, stale cleared) only once it has delivered a whole event or line; the first
+        // connection of a healthy topic counts at once (readiness waits for it).
+        let mut proven = self.backoff.failures() == 0;
+        if proven {
+            self.topic.record_upstream_success();
         }
-        self.backoff.reset();
-        self.topic.record_upstream_success();
         loop {
             let chunk = tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
@@ -147,6 +150,9 @@ impl StreamTask {
                         Ok(events) => events,
                         Err(too_large) => return End::Failed(too_large.to_string()),
                     };
+                    if !events.is_empty() {
+                        self.proven(&mut proven);
+                    }
                     for event in events {
                         self.publish_event(event);
                     }
@@ -161,6 +167,9 @@ impl StreamTask {
                         Ok(lines) => lines,
                         Err(too_large) => return End::Failed(too_large.to_string()),
                     };
+                    if !lines.is_empty() {
+                        self.proven(&mut proven);
+                    }
                     for line in lines {
                         match line {
                             Ok(json) => self.publish(None, json, "application/json"),
@@ -171,8 +180,23 @@ impl StreamTask {
                     }
                 }
             }
-            self.topic.record_upstream_success();
+            if proven {
+                self.topic.record_upstream_success();
+            }
         }
+    }
+
+    /// The stream delivered a whole event or line: it is healthy again.
+    fn proven(&mut self, proven: &mut bool) {
+        if *proven {
+            return;
+        }
+        *proven = true;
+        if self.backoff.failures() > 0 {
+            tracing::info!(topic = %self.topic.key(), failures = self.backoff.failures(), "upstream stream recovered");
+        }
+        self.backoff.reset();
+        self.topic.record_upstream_success();
     }
 
     fn publish_event(&self, event: StreamEvent) {
