@@ -166,14 +166,18 @@ impl Connection {
                     Feed::Topic { subscribed, .. } => Some(&subscribed.subscription),
                     Feed::Echo => None,
                 };
+                // With MAX_INBOUND_IN_FLIGHT POSTs out, reading pauses (backpressure on the
+                // client's messages); its pong then waits in the socket behind them, so the
+                // pong deadline only runs while reading does (frames are read first: biased).
+                let reading = self.inbound_replies.len() < MAX_INBOUND_IN_FLIGHT;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Event::Shutdown,
-                    frame = self.ws.next_frame(), if self.inbound_replies.len() < MAX_INBOUND_IN_FLIGHT => Event::Frame(frame),
+                    frame = self.ws.next_frame(), if reading => Event::Frame(frame),
                     Some(reply) = self.inbound_replies.next(), if !self.inbound_replies.is_empty() => Event::InboundReply(reply),
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
-                    _ = sleep_until_or_never(pong_due) => Event::PongOverdue,
+                    _ = sleep_until_or_never(pong_due), if reading => Event::PongOverdue,
                     lapse = lapsed_or_never(self.expiry.as_ref()) => Event::CredentialsLapsed(lapse),
                 }
             };
