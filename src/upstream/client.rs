@@ -9,16 +9,17 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::budget::{Budget, Priority};
+use super::budget::{Budget, Priority, Share};
 use super::circuit::{CircuitBreaker, Permission};
 use crate::config::UpstreamSettings;
 use crate::metrics::METRICS;
 
 /// What a request is for. Each class has its own concurrency permits and circuit breaker,
 /// so that clients (auth, inbound messages) cannot take the backend away from the topics and
-/// a failing topic source does not lock clients out of auth; all share the one budget.
+/// a failing topic source does not lock clients out of auth; all share the one budget, of
+/// which auth and inbound together may use at most half ([`Share::Clients`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Traffic {
     /// A topic instance's poll or stream; `held`: someone is subscribed to it (SSE,
@@ -53,6 +54,14 @@ impl Traffic {
 }
 
 const CLASS_NAMES: [&str; 3] = ["topic", "auth", "inbound"];
+
+/// Counts a request refused before sending.
+fn refuse(traffic: Traffic, reason: &str) {
+    METRICS
+        .upstream_refusals
+        .with_label_values(&[traffic.name(), reason])
+        .inc();
+}
 
 /// One traffic class's share of the backend.
 struct Class {
@@ -301,10 +310,15 @@ impl UpstreamClient {
     /// Runs one exchange under its class's circuit breaker and concurrency cap, the shared
     /// budget and the timeout, and tells the breaker how it went.
     ///
-    /// Order: a cheap breaker check (fail fast), the budget (where the fair queue is), a
-    /// permit, then the breaker's real permission, right before sending, so a probe is never
-    /// granted to a request that then queues. Permits are taken after the budget so that no
-    /// request holds a permit while it queues for the budget.
+    /// Order: a cheap breaker check (fail fast), the permit and the budget, then the breaker's
+    /// real permission, right before sending, so a probe is never granted to a request that
+    /// then queues.
+    ///
+    /// Auth and inbound take their permit first: at most their class's permits wait for the
+    /// budget (the permits bound their queue), and no budget token goes to a request that
+    /// then fails for lack of a permit. Topics take the budget first: its queue puts held
+    /// instances before idle ones, which a first-come-first-served permit taken first (and
+    /// held through an unbounded budget wait) would undo; each instance queues only once.
     async fn guarded<T>(
         &self,
         traffic: Traffic,
@@ -312,39 +326,27 @@ impl UpstreamClient {
         status: impl Fn(&T) -> u16,
     ) -> Result<T, UpstreamError> {
         let class = &self.classes[traffic.class()];
-        let refuse = |reason: &str| {
-            METRICS
-                .upstream_refusals
-                .with_label_values(&[traffic.name(), reason])
-                .inc();
-        };
+        let refuse = |reason: &str| refuse(traffic, reason);
         if let Some(wait) = class.breaker.refusing() {
             refuse("circuit_open");
             return Err(UpstreamError::CircuitOpen(wait));
         }
-        match traffic {
+        let _permit = match traffic {
             // A topic instance's wait for the budget is its interval stretching (metered);
             // it always ends, as the bucket refills.
             Traffic::Topic { .. } => {
-                self.budget.acquire(traffic.priority()).await;
+                self.budget.acquire(traffic.priority(), Share::Topics).await;
+                self.permit(class, traffic).await?
             }
             // A client waits on these: give up rather than hang.
             Traffic::Auth | Traffic::Inbound => {
-                if tokio::time::timeout(self.acquire_timeout, self.budget.acquire(traffic.priority()))
-                    .await
-                    .is_err()
-                {
+                let permit = self.permit(class, traffic).await?;
+                let budget = self.budget.acquire(traffic.priority(), Share::Clients);
+                if tokio::time::timeout(self.acquire_timeout, budget).await.is_err() {
                     refuse("no_budget");
                     return Err(UpstreamError::Busy(traffic.name(), self.acquire_timeout));
                 }
-            }
-        }
-        let _permit = match tokio::time::timeout(self.acquire_timeout, class.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(UpstreamError::Request("client is shutting down".into())),
-            Err(_) => {
-                refuse("no_permit");
-                return Err(UpstreamError::Busy(traffic.name(), self.acquire_timeout));
+                permit
             }
         };
         let attempt = match class.breaker.permission() {
@@ -366,13 +368,30 @@ impl UpstreamClient {
         result
     }
 
-    /// What the breaker counts as a failure: transport errors, timeouts and 5xx. For inbound
-    /// POSTs a 5xx is the backend's answer to one client's message (which that client may
-    /// have crafted to fail): only a backend that cannot be reached counts.
+    /// One of `class`'s concurrency permits, waited for at most `acquire_timeout`.
+    async fn permit<'a>(
+        &self,
+        class: &'a Class,
+        traffic: Traffic,
+    ) -> Result<SemaphorePermit<'a>, UpstreamError> {
+        match tokio::time::timeout(self.acquire_timeout, class.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(UpstreamError::Request("client is shutting down".into())),
+            Err(_) => {
+                refuse(traffic, "no_permit");
+                Err(UpstreamError::Busy(traffic.name(), self.acquire_timeout))
+            }
+        }
+    }
+
+    /// What the breaker counts as a failure: transport errors, timeouts and, for topics, 5xx.
+    /// For auth callbacks and inbound POSTs a 5xx is the backend's answer to one client's
+    /// request (which that client may have crafted to fail, e.g. with a malformed cookie):
+    /// only a backend that cannot be reached counts.
     fn failed(traffic: Traffic, outcome: Result<u16, &UpstreamError>) -> bool {
         match outcome {
             Ok(status) if status < 500 => false,
-            Ok(_) => traffic != Traffic::Inbound,
+            Ok(_) => matches!(traffic, Traffic::Topic { .. }),
             Err(UpstreamError::BodyTooLarge(_)) => false,
             Err(_) => true,
         }
@@ -443,5 +462,113 @@ impl UpstreamClient {
             meta,
             body: body.freeze(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A client whose backend is never reached: the tests run `guarded` with their own
+    /// exchanges.
+    fn client(upstream: &str) -> Arc<UpstreamClient> {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\ncircuit_failure_threshold = 3\n\
+             {upstream}\n\n[[topic]]\nname = \"t\"\npath = \"/t\"\n\
+             source.poll = {{ url = \"/t-src\", interval_ms = 1000 }}\n"
+        );
+        let config = crate::config::parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let backend = Backend::resolve(&config.upstream).unwrap();
+        Arc::new(UpstreamClient::new(backend, &config.upstream))
+    }
+
+    async fn answer(client: &UpstreamClient, traffic: Traffic, status: u16) {
+        let result = client.guarded(traffic, async { Ok(status) }, |s| *s).await;
+        assert_eq!(result.unwrap(), status);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_auth_5xx_is_no_breaker_failure_but_a_timeout_is() {
+        let client = client("timeout_ms = 100");
+        for _ in 0..10 {
+            answer(&client, Traffic::Auth, 500).await;
+            answer(&client, Traffic::Inbound, 503).await;
+        }
+        assert!(client.classes[Traffic::Auth.class()].breaker.refusing().is_none());
+        assert!(client.classes[Traffic::Inbound.class()]
+            .breaker
+            .refusing()
+            .is_none());
+        for _ in 0..3 {
+            let hang = std::future::pending::<Result<u16, UpstreamError>>();
+            let result = client.guarded(Traffic::Auth, hang, |s| *s).await;
+            assert!(matches!(result, Err(UpstreamError::Timeout(_))), "{result:?}");
+        }
+        assert!(client.classes[Traffic::Auth.class()].breaker.refusing().is_some());
+        // Topics' 5xx still count.
+        for _ in 0..3 {
+            answer(&client, Traffic::Topic { held: true }, 500).await;
+        }
+        assert!(client.circuit_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_permit_holders_wait_for_the_budget_and_the_rest_spend_no_token() {
+        let client = client(
+            "max_requests_per_second = 1\nauth_max_concurrent_requests = 1\n\
+             inbound_max_concurrent_requests = 2\nacquire_timeout_ms = 500\ntimeout_ms = 100000",
+        );
+        // The one burst token goes to an auth request that keeps the one auth permit.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let exchange = async {
+                    let _ = released.await;
+                    Ok(200)
+                };
+                client.guarded(Traffic::Auth, exchange, |s| *s).await
+            }
+        });
+        tokio::task::yield_now().await;
+        let requests: Vec<_> = (0..10)
+            .map(|n| {
+                let client = client.clone();
+                let traffic = if n % 2 == 0 {
+                    Traffic::Auth
+                } else {
+                    Traffic::Inbound
+                };
+                tokio::spawn(async move { client.guarded(traffic, async { Ok(200) }, |s| *s).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let waiting = client.budget().waiting();
+        assert_eq!(
+            waiting,
+            [0, 2, 0],
+            "only the inbound permits' holders wait for the budget"
+        );
+        for request in requests {
+            let result = request.await.unwrap();
+            assert!(matches!(result, Err(UpstreamError::Busy(..))), "{result:?}");
+        }
+        // Both halves of the budget have refilled; an auth request finding no permit
+        // leaves them for the next request.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let result = client.guarded(Traffic::Auth, async { Ok(200) }, |s| *s).await;
+        assert!(
+            matches!(result, Err(UpstreamError::Busy("auth", _))),
+            "{result:?}"
+        );
+        let waited = client.budget().acquire(Priority::Auth, Share::Clients).await;
+        assert_eq!(
+            waited,
+            Duration::ZERO,
+            "no token was spent on the refused request"
+        );
+        let _ = release.send(());
+        holder.await.unwrap().unwrap();
     }
 }
