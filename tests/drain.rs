@@ -11,23 +11,23 @@ use common::ws::WsClient;
 use common::*;
 use tokio::time::Instant;
 
+/// A sidecar with a 4 s drain window and one poll topic `/prices/{symbol}`.
+fn drain_config(port: u16, admin_port: u16, backend_port: u16, interval_ms: u64) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+         drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\n\n\
+         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
+         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = {interval_ms} }}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_client_spread_over_the_window_and_exits_zero() {
     let backend = TestBackend::start().await;
     backend.set("/prices/D", Behaviour::Json("{\"p\":1}".into()));
     let (port, admin_port) = (free_port(), free_port());
-    let (mut child, config) = spawn_sidestream(
-        port,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
-         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
-         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 200 }}\n",
-            backend.port
-        ),
-        "warn",
-    )
-    .await;
+    let (mut child, config) =
+        spawn_sidestream(port, &drain_config(port, admin_port, backend.port, 200), "warn").await;
     eventually("admin listening", || {
         std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
     })
@@ -118,18 +118,8 @@ async fn sse_streams_keep_receiving_updates_during_the_drain() {
     let backend = TestBackend::start().await;
     backend.set("/prices/F", Behaviour::Json("{\"p\":0}".into()));
     let (port, admin_port) = (free_port(), free_port());
-    let (mut child, config) = spawn_sidestream(
-        port,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         drain_timeout_ms = 4000\n\n[upstream]\nbase_url = \"http://127.0.0.1:{}\"\n\n\
-         [[topic]]\nname = \"prices\"\npath = \"/prices/{{symbol}}\"\n\
-         source.poll = {{ url = \"/prices/{{symbol}}\", interval_ms = 100 }}\n",
-            backend.port
-        ),
-        "warn",
-    )
-    .await;
+    let (mut child, config) =
+        spawn_sidestream(port, &drain_config(port, admin_port, backend.port, 100), "warn").await;
 
     let mut clients = Vec::new();
     for _ in 0..20 {
