@@ -1,6 +1,7 @@
 //! Configuration: one TOML file, parsed into typed settings and validated as a whole before
 //! anything starts. Every problem is reported at once, each with `file:line:col`.
 
+pub mod cluster;
 mod file;
 pub mod security;
 pub mod template;
@@ -30,6 +31,8 @@ pub struct Config {
     pub websocket_echo: Option<EchoSpec>,
     pub limits: Limits,
     pub cors: CorsSettings,
+    /// `[cluster]`: `None` runs exactly as a single instance.
+    pub cluster: Option<cluster::ClusterSettings>,
 }
 
 #[derive(Clone, Debug)]

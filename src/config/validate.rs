@@ -198,6 +198,7 @@ impl<'a> Checker<'a> {
                 websocket_echo,
                 limits,
                 cors,
+                cluster: None,
             }),
             _ => {
                 self.errors.sort_by_key(|e| (e.line, e.column));
