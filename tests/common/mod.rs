@@ -8,7 +8,11 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod cluster;
 pub mod raw;
+pub mod redis;
+pub mod ticking;
+pub mod trace;
 pub mod ws;
 
 use async_trait::async_trait;

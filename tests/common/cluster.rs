@@ -1,0 +1,237 @@
+//! Several real `sidestream` processes sharing one test Redis through `[cluster]`: own
+//! listen/admin ports each, the same topics, instance ids "a", "b", "c"…, short leases. Each
+//! process logs (`RUST_LOG=info,sidestream=debug`) to its own file; when a test fails while a
+//! [`Cluster`] is alive, dropping it prints every instance's log and Redis's.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::redis::{kill_9, RedisServer, TempDir};
+use super::{free_port, PUBLISH_TOKEN, WAIT};
+
+/// Lease settings short enough that a takeover fits in a test's seconds.
+pub const LEASE_TTL_MS: u64 = 1500;
+pub const LEASE_RENEW_MS: u64 = 500;
+
+const RUST_LOG: &str = "info,sidestream=debug";
+
+/// One sidestream process of a [`Cluster`].
+pub struct Instance {
+    pub id: String,
+    port: u16,
+    admin_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Starts so far (a restart appends to the same log, under a marker line).
+    starts: usize,
+}
+
+impl Instance {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none())
+    }
+
+    async fn spawn(&mut self) {
+        use std::io::Write;
+        self.starts += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(log, "===== start {} of instance {} =====", self.starts, self.id).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sidestream"))
+            .args(["--config", self.config.to_str().unwrap()])
+            .env("RUST_LOG", RUST_LOG)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        for port in [self.port, self.admin_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    // (Its log is printed by the cluster's drop.)
+                    panic!("instance {} exited ({status}) before listening", self.id);
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "instance {} did not listen on {port} within the bound",
+                    self.id
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// SIGKILL, no drain: what a crashed pod does.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_9(&mut child);
+        }
+    }
+
+    /// Starts it again with the same ports and config (killing it first if it runs).
+    pub async fn restart(&mut self) {
+        self.kill_9();
+        self.spawn().await;
+    }
+
+    /// Everything it logged so far, over all its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// N instances on one Redis. Dropping it kills them all (and Redis).
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub instances: Vec<Instance>,
+    pub key_prefix: String,
+    dir: TempDir,
+}
+
+/// `[cluster]` lines for instance `id` (the settings every cluster test shares).
+pub fn cluster_section(redis_url: &str, key_prefix: &str, id: &str) -> String {
+    format!(
+        "[cluster]\nredis_url = \"{redis_url}\"\nkey_prefix = \"{key_prefix}\"\ninstance_id = \"{id}\"\n\
+         lease_ttl_ms = {LEASE_TTL_MS}\nlease_renew_ms = {LEASE_RENEW_MS}\n"
+    )
+}
+
+impl Cluster {
+    /// Starts its own Redis and `count` instances (ids "a", "b", "c"…) in front of
+    /// `backend_port` with `topics` (`[[topic]]` tables) and `[defaults]` lines, and waits until
+    /// each listens on both ports.
+    pub async fn start(count: usize, backend_port: u16, defaults: &str, topics: &str) -> Cluster {
+        let redis = RedisServer::start().await;
+        let dir = TempDir::new("cluster");
+        // Its own Redis already isolates the test; a distinct prefix too keeps keys readable
+        // when one looks at a failed test's Redis by hand.
+        let key_prefix = format!("t{}", redis.port());
+        let mut instances = Vec::new();
+        for index in 0..count {
+            let id = char::from(b'a' + u8::try_from(index).unwrap()).to_string();
+            let (port, admin_port) = (free_port(), free_port());
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+                 publish_token = \"{PUBLISH_TOKEN}\"\ndrain_timeout_ms = 1000\nthreads = 1\n\n\
+                 [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\ntimeout_ms = 1000\n\
+                 backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n\n\
+                 {}\n[defaults]\n{defaults}\n\n{topics}\n",
+                cluster_section(&redis.url(), &key_prefix, &id)
+            );
+            let config = dir.path().join(format!("{id}.toml"));
+            std::fs::write(&config, text).unwrap();
+            instances.push(Instance {
+                log: dir.path().join(format!("{id}.log")),
+                id,
+                port,
+                admin_port,
+                config,
+                child: None,
+                starts: 0,
+            });
+        }
+        let mut cluster = Cluster {
+            redis,
+            instances,
+            key_prefix,
+            dir,
+        };
+        for instance in &mut cluster.instances {
+            instance.spawn().await;
+        }
+        cluster
+    }
+
+    pub fn a(&self) -> &Instance {
+        &self.instances[0]
+    }
+
+    pub fn b(&self) -> &Instance {
+        &self.instances[1]
+    }
+
+    pub fn c(&self) -> &Instance {
+        &self.instances[2]
+    }
+
+    /// The instance with this id.
+    pub fn by_id(&mut self, id: &str) -> &mut Instance {
+        self.instances
+            .iter_mut()
+            .find(|i| i.id == id)
+            .unwrap_or_else(|| panic!("no instance {id}"))
+    }
+
+    /// The ids of the instances holding a lease now (from the `…:lease` keys, whose value is
+    /// `<instance-id>:<nonce>`, design §2), one per lease key.
+    pub fn lease_holders(&self) -> Vec<String> {
+        let mut holders = Vec::new();
+        for key in self.redis.keys(&format!("{}*lease*", self.key_prefix)) {
+            let value = self.redis.cli(&["--raw", "GET", &key]);
+            let value = value.trim();
+            if !value.is_empty() {
+                holders.push(value.split(':').next().unwrap_or(value).to_string());
+            }
+        }
+        holders
+    }
+
+    /// The last `lines` lines of every instance's log and of Redis's, for a failure message.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut all = String::new();
+        for instance in &self.instances {
+            all.push_str(&format!(
+                "\n----- instance {} (listen {}, admin {}), last {lines} lines -----\n{}",
+                instance.id,
+                instance.port,
+                instance.admin_port,
+                tail(&instance.log(), lines)
+            ));
+        }
+        all.push_str(&format!(
+            "\n----- redis (port {}) -----\n{}",
+            self.redis.port(),
+            tail(&self.redis.log(), lines)
+        ));
+        all
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for instance in &mut self.instances {
+            instance.kill_9();
+        }
+        if std::thread::panicking() {
+            // The whole logs stay in the directory; the failure is usually in the last lines.
+            eprintln!(
+                "cluster logs (whole files in {}):{}",
+                self.dir.path().display(),
+                self.logs(400)
+            );
+        }
+    }
+}
