@@ -77,6 +77,16 @@ impl Instance {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        // Listening is not enough: wait for `/ready` (Redis reached, if the core makes
+        // readiness depend on it), so a test's first client meets a cluster member.
+        while super::get(self.admin_port, "/ready", &[]).await.status != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "instance {} did not turn ready within the bound",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL, no drain: what a crashed pod does.
