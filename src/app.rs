@@ -36,6 +36,8 @@ pub enum AppError {
         authority: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A built, not yet running, sidecar.
@@ -51,6 +53,8 @@ pub struct App {
     upstream_stop: CancellationToken,
     /// The file SIGHUP re-reads; `None`: no hot reload.
     config_path: Option<PathBuf>,
+    /// `[cluster]`: the Redis side, and the runtime its tasks run on.
+    cluster: Option<(Arc<crate::cluster::Cluster>, crate::cluster::ClusterRuntime)>,
 }
 
 impl App {
@@ -69,7 +73,22 @@ impl App {
             client.clone(),
             config.upstream.clone(),
         ));
-        let registry = Arc::new(Registry::new(launcher.clone(), upstream_stop.clone()));
+        // With `[cluster]`, instances follow Redis and only the lease holder runs a source.
+        let cluster = match &config.cluster {
+            Some(settings) => Some(crate::cluster::Cluster::start(
+                settings.clone(),
+                upstream_stop.clone(),
+            )?),
+            None => None,
+        };
+        let registry_launcher: Arc<dyn crate::hub::UpstreamLauncher> = match &cluster {
+            Some((cluster, _)) => Arc::new(crate::cluster::ClusterLauncher {
+                cluster: cluster.clone(),
+                sources: launcher.clone(),
+            }),
+            None => launcher.clone(),
+        };
+        let registry = Arc::new(Registry::new(registry_launcher, upstream_stop.clone()));
         Ok(App {
             topics: Arc::new(TopicTable::new(
                 config.topics.clone(),
@@ -82,6 +101,7 @@ impl App {
             shutdown,
             upstream_stop,
             config_path: None,
+            cluster,
         })
     }
 
@@ -150,7 +170,8 @@ impl App {
             self.registry.clone(),
             readiness,
             self.shutdown.clone(),
-        );
+        )
+        .with_cluster(self.cluster.as_ref().map(|(cluster, _)| cluster.clone()));
         if let Some(path) = &self.config_path {
             let reloader = Reloader::new(
                 path.clone(),
@@ -182,6 +203,8 @@ impl App {
         self.shutdown.cancel();
         self.upstream_stop.cancel();
         self.registry.close_all();
+        // The cluster's tasks stop with `upstream_stop`; its runtime goes with `self`.
+        drop(self.cluster);
         tracing::info!("sidestream stopped");
     }
 }

@@ -45,6 +45,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod downstream;
 pub mod hub;

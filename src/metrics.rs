@@ -55,6 +55,21 @@ pub struct Metrics {
     pub path_refusals: IntCounterVec,
     /// Client connections open on the main listener (admitted under `[limits]`).
     pub client_connections: IntGauge,
+    /// `[cluster]`: poller leases this sidecar holds now (one per topic instance it polls).
+    pub cluster_leases_held: IntGauge,
+    /// `[cluster]`: latency of the publish script, by `outcome` (`ok`, `dup`, `fenced`, `error`).
+    pub cluster_publish_duration: HistogramVec,
+    /// `[cluster]`: messages received over Pub/Sub and delivered to local subscribers.
+    pub cluster_pubsub_deliveries: IntCounter,
+    /// `[cluster]`: gaps found in the Pub/Sub sequence, by `outcome`: `repaired` from the
+    /// stream, or `reset` (the stream no longer had them; clients are told).
+    pub cluster_gap_repairs: IntCounterVec,
+    /// `[cluster]`: publishes refused because the publisher had lost its lease.
+    pub cluster_fenced_publishes: IntCounter,
+    /// `[cluster]`: 1 while the `connection` (`commands`, `pubsub`) to Redis works.
+    pub cluster_redis_connected: IntGaugeVec,
+    /// `[cluster]`: failed Redis calls, by `operation`.
+    pub cluster_redis_errors: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -117,6 +132,20 @@ impl Metrics {
             metric
         };
         let topic_instances = gauge("sidestream_topic_instances", "live topic instances");
+        let cluster_publish_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidestream_cluster_publish_script_seconds",
+                "latency of the cluster publish script (one Redis round trip)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+            &["outcome"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(cluster_publish_duration.clone()))
+            .expect("unique histogram");
         Metrics {
             upstream_requests: counter_vec(
                 "sidestream_upstream_requests_total",
@@ -216,6 +245,34 @@ impl Metrics {
             client_connections: gauge(
                 "sidestream_client_connections",
                 "client connections open on the main listener",
+            ),
+            cluster_leases_held: gauge(
+                "sidestream_cluster_leases_held",
+                "poller leases this sidecar holds",
+            ),
+            cluster_publish_duration,
+            cluster_pubsub_deliveries: counter(
+                "sidestream_cluster_pubsub_deliveries_total",
+                "messages received over Redis Pub/Sub and delivered locally",
+            ),
+            cluster_gap_repairs: counter_vec(
+                "sidestream_cluster_gap_repairs_total",
+                "gaps in the Pub/Sub sequence: repaired from the stream, or reset",
+                &["outcome"],
+            ),
+            cluster_fenced_publishes: counter(
+                "sidestream_cluster_fenced_publishes_total",
+                "publishes refused because the publisher lost its lease",
+            ),
+            cluster_redis_connected: gauge_vec(
+                "sidestream_cluster_redis_connected",
+                "1 while the connection to Redis works",
+                &["connection"],
+            ),
+            cluster_redis_errors: counter_vec(
+                "sidestream_cluster_redis_errors_total",
+                "failed Redis calls",
+                &["operation"],
             ),
             registry,
         }

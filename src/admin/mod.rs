@@ -24,6 +24,8 @@ pub struct Admin {
     publish_token: Option<crate::config::Secret>,
     publish_max_body_bytes: usize,
     shutdown: CancellationToken,
+    /// `[cluster]`: pushes are sequenced in Redis and reach every sidecar's subscribers.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Admin {
@@ -41,7 +43,13 @@ impl Admin {
             publish_token: config.server.publish_token.clone(),
             publish_max_body_bytes: config.server.publish_max_body_bytes,
             shutdown,
+            cluster: None,
         }
+    }
+
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 

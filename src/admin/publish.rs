@@ -99,54 +99,83 @@ pub async fn handle(admin: &Admin, session: &mut ServerSession, topic_path: &str
         Err(response) => return response,
     };
     let spec = route.spec;
-    let topic = admin.registry.get_or_create(&route.key, || spec.hub.clone());
     let default_event = event.map(Arc::<str>::from).or_else(|| spec.event.clone());
-    if !batch {
-        let published = topic.publish_once(
-            idempotency_key.as_deref(),
-            Payload {
-                event: default_event,
-                content_type,
-                data: body,
-            },
-        );
-        return reply(200, "application/json", result_json(&[published]));
-    }
-    let items: Vec<BatchItem> = match serde_json::from_slice(&body) {
-        Ok(items) => items,
-        Err(error) => {
-            return text(
-                400,
-                &format!(
-                    "a batch is a JSON array of {{\"data\", \"event\"?, \"idempotency_key\"?}}: {error}"
-                ),
-            )
+    let items: Vec<(Option<String>, Payload)> = if batch {
+        let items: Vec<BatchItem> = match serde_json::from_slice(&body) {
+            Ok(items) => items,
+            Err(error) => {
+                return text(
+                    400,
+                    &format!(
+                        "a batch is a JSON array of {{\"data\", \"event\"?, \"idempotency_key\"?}}: {error}"
+                    ),
+                )
+            }
+        };
+        if let Some(bad) = items
+            .iter()
+            .filter_map(|i| i.event.as_deref())
+            .find(|e| !valid_event(e))
+        {
+            return text(400, &format!("invalid event name {bad:?}"));
         }
-    };
-    if let Some(bad) = items
-        .iter()
-        .filter_map(|i| i.event.as_deref())
-        .find(|e| !valid_event(e))
-    {
-        return text(400, &format!("invalid event name {bad:?}"));
-    }
-    let published: Vec<Published> = items
-        .into_iter()
-        .map(|item| {
-            let (data, content_type) = match item.data {
-                serde_json::Value::String(text) => (Bytes::from(text), "text/plain; charset=utf-8"),
-                other => (Bytes::from(other.to_string()), "application/json"),
-            };
-            topic.publish_once(
-                item.idempotency_key.as_deref(),
-                Payload {
+        items
+            .into_iter()
+            .map(|item| {
+                let (data, content_type) = match item.data {
+                    serde_json::Value::String(text) => (Bytes::from(text), "text/plain; charset=utf-8"),
+                    other => (Bytes::from(other.to_string()), "application/json"),
+                };
+                let payload = Payload {
                     event: item.event.map(Arc::from).or_else(|| default_event.clone()),
                     content_type: Some(Arc::from(content_type)),
                     data,
-                },
-            )
-        })
-        .collect();
+                };
+                (item.idempotency_key, payload)
+            })
+            .collect()
+    } else {
+        let payload = Payload {
+            event: default_event,
+            content_type,
+            data: body,
+        };
+        vec![(idempotency_key, payload)]
+    };
+    let mut published: Vec<Published> = Vec::with_capacity(items.len());
+    if let Some(cluster) = &admin.cluster {
+        // Sequenced in Redis, in request order; every sidecar's follower delivers it.
+        let max_messages = spec.hub.history.max_messages;
+        for (key, payload) in &items {
+            match cluster
+                .publish_push(&route.key, max_messages, payload, key.as_deref())
+                .await
+            {
+                Ok(done) => published.push(done),
+                Err(error) => {
+                    tracing::warn!(topic = %route.key, "push not published: {error}");
+                    // Nothing after the first failure was published; what came before was.
+                    let mut response = text(
+                        503,
+                        &format!(
+                            "the cluster's Redis is not answering; {} of {} messages were published, retry the rest",
+                            published.len(),
+                            items.len()
+                        ),
+                    );
+                    response
+                        .headers_mut()
+                        .insert("Retry-After", http::HeaderValue::from_static("1"));
+                    return response;
+                }
+            }
+        }
+    } else {
+        let topic = admin.registry.get_or_create(&route.key, || spec.hub.clone());
+        for (key, payload) in items {
+            published.push(topic.publish_once(key.as_deref(), payload));
+        }
+    }
     reply(200, "application/json", result_json(&published))
 }
 

@@ -246,6 +246,9 @@ impl Sidecar {
         if let Some(clients) = new_instance_for {
             self.instance_quota.charge(&clients, &topic);
         }
+        // A clustered instance first loads the shared history, so a resume cursor from
+        // another sidecar is known here too. Bounded: a slow Redis degrades to local data.
+        topic.wait_synced(SYNC_WAIT).await;
         match transport {
             Transport::Sse => {
                 let drain = sse::Drain {
@@ -292,6 +295,9 @@ impl Sidecar {
         }
     }
 }
+
+/// The longest a request waits for a new clustered instance's first sync.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[async_trait]
 impl ProxyHttp for Sidecar {

@@ -23,6 +23,14 @@ impl Epoch {
     pub const fn from_raw(raw: u64) -> Self {
         Epoch(raw)
     }
+
+    /// Reads the base-36 form written by `Display` (an epoch stored outside the process).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.is_empty() || text.len() > 13 {
+            return None;
+        }
+        u64::from_str_radix(text, 36).ok().map(Epoch)
+    }
 }
 
 impl fmt::Display for Epoch {

@@ -74,6 +74,25 @@ impl History {
         self.ring.back()
     }
 
+    /// Appends a message whose cursor someone else assigned (the cluster's sequencer). Only
+    /// the next `seq` of the same epoch is accepted: the caller orders and fills gaps first,
+    /// so the ring never holds a hole.
+    pub fn append_at(&mut self, cursor: Cursor, payload: Payload) -> Option<Arc<Message>> {
+        if cursor.epoch != self.epoch || cursor.seq != self.last_seq + 1 {
+            return None;
+        }
+        Some(self.append(payload))
+    }
+
+    /// Starts over at `top` of `epoch` with nothing kept (a cluster sync); the caller then
+    /// appends what the shared log still holds.
+    pub fn restart_at(&mut self, epoch: Epoch, top: u64) {
+        self.epoch = epoch;
+        self.last_seq = top;
+        self.ring.clear();
+        self.bytes = 0;
+    }
+
     /// Everything after `cursor`, or `Unknown` when the ring cannot answer without a gap.
     pub fn after(&self, cursor: Cursor) -> Replay {
         if cursor.epoch != self.epoch || cursor.seq > self.last_seq {
@@ -176,6 +195,25 @@ mod tests {
         assert!(seqs(history.after(zero)).is_none(), "seq 1 and 2 are gone");
         let at_two = Cursor { seq: 2, ..zero };
         assert_eq!(seqs(history.after(at_two)), Some(vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn appends_at_an_assigned_cursor_only_in_order() {
+        let mut history = history(10, 1 << 20);
+        let epoch = Epoch::from_raw(36u64.pow(6) + 7);
+        history.restart_at(epoch, 41);
+        let at = |seq| Cursor { epoch, seq };
+        assert!(
+            history.append_at(at(43), payload("gap")).is_none(),
+            "a hole is refused"
+        );
+        assert!(history.append_at(at(42), payload("a")).is_some());
+        assert!(
+            history.append_at(at(42), payload("again")).is_none(),
+            "no duplicate"
+        );
+        assert_eq!(seqs(history.after(at(41))), Some(vec![42]));
+        assert!(seqs(history.after(at(40))).is_none(), "before the restart point");
     }
 
     #[test]

@@ -17,6 +17,12 @@ use super::topic::{Topic, TopicKey, TopicSettings};
 /// cancelled.
 pub trait UpstreamLauncher: Send + Sync {
     fn launch(&self, topic: Arc<Topic>, stop: CancellationToken);
+
+    /// `true` when instances follow a shared log (a cluster): each new instance waits for
+    /// its first sync before it answers anyone.
+    fn follows_shared_log(&self) -> bool {
+        false
+    }
 }
 
 struct Entry {
@@ -60,6 +66,9 @@ impl Registry {
             return entry.topic.clone();
         }
         let topic = Topic::new(key.clone(), settings());
+        if self.launcher.follows_shared_log() {
+            topic.expect_sync();
+        }
         if pinned {
             // Before launch: the upstream task reads it to choose its schedule.
             topic.pin();

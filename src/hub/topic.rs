@@ -117,6 +117,8 @@ pub struct Topic {
     demand: tokio::sync::watch::Sender<u64>,
     /// An eager instance: kept (and polled on its timer) without any client.
     pinned: std::sync::atomic::AtomicBool,
+    /// `false` until a clustered instance has loaded the shared history.
+    synced: tokio::sync::watch::Sender<bool>,
     pub counters: TopicCounters,
 }
 
@@ -139,6 +141,7 @@ impl Topic {
             stale: tokio::sync::watch::Sender::new(false),
             demand: tokio::sync::watch::Sender::new(0),
             pinned: std::sync::atomic::AtomicBool::new(false),
+            synced: tokio::sync::watch::Sender::new(true),
         })
     }
 
@@ -168,6 +171,24 @@ impl Topic {
     pub fn publish(&self, payload: Payload) -> Arc<Message> {
         let mut state = self.lock();
         let message = state.history.append(payload);
+        self.fan_out(state, &message);
+        message
+    }
+
+    /// Like [`Topic::publish`] for a message whose cursor the cluster's sequencer assigned.
+    /// Only the next `seq` of the current epoch is taken (`false` otherwise): the caller
+    /// orders messages and repairs gaps before handing them over.
+    pub fn deliver(&self, cursor: Cursor, payload: Payload) -> bool {
+        let mut state = self.lock();
+        let Some(message) = state.history.append_at(cursor, payload) else {
+            return false;
+        };
+        self.fan_out(state, &message);
+        true
+    }
+
+    /// Queues `message` for every subscriber (then releases the lock) and records it.
+    fn fan_out(&self, state: MutexGuard<'_, TopicState>, message: &Arc<Message>) {
         let mut dropped = 0;
         let mut disconnected = 0;
         for queue in state.subscribers.values() {
@@ -189,7 +210,50 @@ impl Topic {
         self.counters
             .disconnected
             .fetch_add(disconnected, Ordering::Relaxed);
-        message
+    }
+
+    /// Replaces the history with what a shared log holds: `top` of `epoch`, and `kept`
+    /// (oldest first, ending at `top`). When this is not a continuation of what subscribers
+    /// were following (another epoch, or a gap the log no longer covers) they are closed:
+    /// they reconnect with their cursor and are told `reset`, never left with a silent gap.
+    pub fn restart_history(
+        &self,
+        epoch: Epoch,
+        top: u64,
+        kept: Vec<(Cursor, Payload)>,
+        end_subscribers: bool,
+    ) {
+        let mut state = self.lock();
+        let first = kept
+            .first()
+            .map_or(top, |(cursor, _)| cursor.seq.saturating_sub(1));
+        state.history.restart_at(epoch, first);
+        for (cursor, payload) in kept {
+            state.history.append_at(cursor, payload);
+        }
+        if end_subscribers {
+            for (_, queue) in state.subscribers.drain() {
+                queue.close(CloseReason::TopicClosed);
+            }
+        }
+    }
+
+    /// The instance follows a shared log: requests wait (bounded) for its first sync.
+    pub fn expect_sync(&self) {
+        self.synced.send_replace(false);
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
+    /// Waits until the history is synced with the shared log, at most `max`: past it the
+    /// request is served from what is here (a slow Redis must not hold clients forever).
+    pub async fn wait_synced(&self, max: Duration) -> bool {
+        let mut synced = self.synced.subscribe();
+        tokio::time::timeout(max, synced.wait_for(|synced| *synced))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// Publishes unless `key` was already published within the idempotency window, in which
@@ -565,6 +629,35 @@ mod tests {
             !topic.publish_once(Some("k1"), payload()).duplicate,
             "window passed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_log_assigns_cursors_and_a_restart_ends_subscribers() {
+        let topic = topic(Mode::Events);
+        topic.expect_sync();
+        assert!(!topic.wait_synced(Duration::from_millis(50)).await);
+        let epoch = Epoch::from_raw(36u64.pow(6) + 99);
+        let at = |seq| Cursor { epoch, seq };
+        let payload = || Payload {
+            data: Bytes::from_static(b"x"),
+            ..Payload::default()
+        };
+        topic.restart_history(epoch, 10, vec![(at(9), payload()), (at(10), payload())], false);
+        topic.mark_synced();
+        assert!(topic.wait_synced(Duration::from_millis(50)).await);
+        let resumed = topic.subscribe(Resume::After(at(8)));
+        assert!(resumed.reset.is_none());
+        assert_eq!(seqs(&resumed.backlog), vec![9, 10]);
+        assert!(!topic.deliver(at(12), payload()), "a hole is refused");
+        assert!(topic.deliver(at(11), payload()));
+        assert_eq!(live_seqs(&resumed.subscription), vec![11]);
+        topic.restart_history(Epoch::from_raw(36u64.pow(6) + 100), 3, vec![], true);
+        assert!(matches!(
+            resumed.subscription.recv().await,
+            Delivery::Closed(CloseReason::TopicClosed)
+        ));
+        let again = topic.subscribe(Resume::After(at(11)));
+        assert!(again.reset.is_some(), "the old epoch's cursor is unknown now");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@ pub mod circuit;
 pub mod client;
 pub mod event_stream;
 pub mod poll;
+pub mod sink;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -48,26 +49,46 @@ impl SourceLauncher {
     }
 }
 
-impl UpstreamLauncher for SourceLauncher {
-    fn launch(&self, topic: Arc<Topic>, stop: CancellationToken) {
-        let spec = self
-            .topics
+/// Where a source task starts: which sink, from which position, on which schedule.
+pub struct SourceStart {
+    pub sink: Arc<dyn sink::Sink>,
+    pub resume: sink::Continuity,
+    /// Poll on the timer even without local clients (a cluster's lease holder).
+    pub on_timer: bool,
+}
+
+impl SourceLauncher {
+    /// The spec new instances of topic `name` start from.
+    pub fn spec(&self, name: &str) -> Option<TopicSpec> {
+        self.topics
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&topic.key().name)
-            .cloned();
-        let Some(spec) = spec else {
+            .get(name)
+            .cloned()
+    }
+
+    /// Spawns the source task of `topic` (none for push topics), ending when `stop` fires.
+    pub fn spawn_source(
+        &self,
+        topic: Arc<Topic>,
+        stop: CancellationToken,
+        start: SourceStart,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let Some(spec) = self.spec(&topic.key().name) else {
             tracing::error!(topic = %topic.key(), "no source configured for topic");
-            return;
+            return None;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(topic = %topic.key(), "no runtime to run the source on");
-            return;
+            return None;
         };
         match &spec.source {
             SourceSpec::Poll(poll) => {
                 let task = PollTask {
                     client: self.client.clone(),
+                    sink: start.sink,
+                    resume: start.resume,
+                    on_timer: start.on_timer,
                     url: poll.url.render(&topic.key().params),
                     event: spec.event.clone(),
                     interval: poll.interval,
@@ -76,11 +97,13 @@ impl UpstreamLauncher for SourceLauncher {
                     topic,
                     stop,
                 };
-                runtime.spawn(task.run());
+                Some(runtime.spawn(task.run()))
             }
             SourceSpec::Stream(stream) => {
                 let task = StreamTask {
                     client: self.client.clone(),
+                    sink: start.sink,
+                    resume_event_id: start.resume.last_event_id,
                     url: stream.url.render(&topic.key().params),
                     event: spec.event.clone(),
                     idle_timeout: stream.idle_timeout,
@@ -90,10 +113,21 @@ impl UpstreamLauncher for SourceLauncher {
                     topic,
                     stop,
                 };
-                runtime.spawn(task.run());
+                Some(runtime.spawn(task.run()))
             }
             // Messages arrive through the admin listener's /publish.
-            SourceSpec::Push => {}
+            SourceSpec::Push => None,
         }
+    }
+}
+
+impl UpstreamLauncher for SourceLauncher {
+    fn launch(&self, topic: Arc<Topic>, stop: CancellationToken) {
+        let start = SourceStart {
+            sink: Arc::new(sink::LocalSink(topic.clone())),
+            resume: sink::Continuity::default(),
+            on_timer: false,
+        };
+        self.spawn_source(topic, stop, start);
     }
 }

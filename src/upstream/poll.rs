@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::client::{Traffic, UpstreamClient, UpstreamError, UpstreamResponse, Validators};
+use super::sink::{Continuity, Sink, SinkError};
 use crate::hub::{Payload, Topic};
 use crate::metrics::METRICS;
 
@@ -37,6 +38,32 @@ impl ChangeDetector {
             event,
             ..ChangeDetector::default()
         }
+    }
+
+    /// Continues from what a previous poller (maybe on another sidecar) last saw, so the
+    /// first request is conditional and an unchanged body is not published again.
+    pub fn resume_from(&mut self, continuity: &Continuity) {
+        self.validators = Validators {
+            etag: continuity.etag.clone(),
+            last_modified: continuity.last_modified.clone(),
+        };
+        self.last_hash = continuity.content_hash;
+    }
+
+    /// What a successor needs to continue from here.
+    pub fn continuity(&self) -> Continuity {
+        Continuity {
+            etag: self.validators.etag.clone(),
+            last_modified: self.validators.last_modified.clone(),
+            content_hash: self.last_hash,
+            last_event_id: None,
+        }
+    }
+
+    /// The last change could not be published: forget it, so the next poll offers it again.
+    pub fn forget_last(&mut self) {
+        self.last_hash = None;
+        self.validators = Validators::default();
     }
 
     pub fn validators(&self) -> &Validators {
@@ -89,6 +116,12 @@ fn garbage(response: &UpstreamResponse) -> Option<String> {
 pub struct PollTask {
     pub client: Arc<UpstreamClient>,
     pub topic: Arc<Topic>,
+    pub sink: Arc<dyn Sink>,
+    /// Where the previous poller stopped (a cluster's new lease holder).
+    pub resume: Continuity,
+    /// Poll on the timer even when no local client holds the instance: in a cluster, the
+    /// clients may be on other sidecars.
+    pub on_timer: bool,
     pub url: String,
     /// SSE event name given to every message this source publishes.
     pub event: Option<Arc<str>>,
@@ -101,6 +134,7 @@ pub struct PollTask {
 impl PollTask {
     pub async fn run(mut self) {
         let mut detector = ChangeDetector::new(self.event.clone());
+        detector.resume_from(&self.resume);
         tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
         let mut demand = self.topic.watch_demand();
         loop {
@@ -108,7 +142,7 @@ impl PollTask {
             // Requests from here on are answered by a later poll; earlier ones by this one.
             demand.borrow_and_update();
             let traffic = Traffic::Topic {
-                held: self.topic.is_held(),
+                held: self.on_timer || self.topic.is_held(),
             };
             let outcome = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -149,8 +183,17 @@ impl PollTask {
             let delay = match observation {
                 Observation::Changed(payload) => {
                     self.recovered();
-                    self.topic.publish(payload);
-                    self.next_interval()
+                    let continuity = detector.continuity();
+                    let version = continuity.content_hash.map(|hash| format!("{hash:016x}"));
+                    match self.sink.publish(payload, version, &continuity).await {
+                        Ok(()) => self.next_interval(),
+                        Err(SinkError::Fenced) => break,
+                        Err(SinkError::Unavailable(reason)) => {
+                            tracing::warn!(topic = %self.topic.key(), "a change was not published, retrying: {reason}");
+                            detector.forget_last();
+                            self.backoff.next_delay()
+                        }
+                    }
                 }
                 Observation::Unchanged => {
                     self.recovered();
@@ -175,7 +218,7 @@ impl PollTask {
                             "poll failed again: {reason}"
                         );
                     }
-                    self.topic.record_upstream_failure(reason);
+                    self.sink.failing(reason);
                     delay
                 }
             }
@@ -189,7 +232,7 @@ impl PollTask {
             // Nobody held: an instance only short polls (or its linger) keep alive is polled
             // on demand, at most once per interval, not on its own timer for the whole
             // linger. A short poll that came in since the last request started is demand.
-            if !self.topic.is_held() {
+            if !self.on_timer && !self.topic.is_held() {
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
                     changed = demand.changed() => if changed.is_err() { break },
@@ -208,7 +251,7 @@ impl PollTask {
                 "upstream recovered"
             );
         }
-        self.topic.record_upstream_success();
+        self.sink.healthy();
         self.backoff.reset();
     }
 

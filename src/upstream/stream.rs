@@ -10,11 +10,15 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::client::{Traffic, UpstreamClient};
 use super::event_stream::{EventStreamParser, NdjsonParser, StreamEvent};
+use super::sink::{Continuity, Sink, SinkError};
 use crate::hub::{Payload, Topic};
 
 pub struct StreamTask {
     pub client: Arc<UpstreamClient>,
     pub topic: Arc<Topic>,
+    pub sink: Arc<dyn Sink>,
+    /// The backend stream's last event id where the previous holder stopped (a cluster).
+    pub resume_event_id: Option<String>,
     pub url: String,
     /// Event name for messages the upstream does not name.
     pub event: Option<Arc<str>>,
@@ -43,7 +47,7 @@ enum Format {
 impl StreamTask {
     pub async fn run(mut self) {
         // Remembered across reconnects, so the backend can resume after it.
-        let mut last_event_id: Option<String> = None;
+        let mut last_event_id: Option<String> = self.resume_event_id.take();
         let mut retry_hint: Option<Duration> = None;
         loop {
             let end = self.connect_once(&mut last_event_id, &mut retry_hint).await;
@@ -74,7 +78,7 @@ impl StreamTask {
                             "upstream stream failed again: {reason}"
                         );
                     }
-                    self.topic.record_upstream_failure(reason);
+                    self.sink.failing(reason);
                     delay
                 }
             };
@@ -130,7 +134,7 @@ impl StreamTask {
         // connection of a healthy topic counts at once (readiness waits for it).
         let mut proven = self.backoff.failures() == 0;
         if proven {
-            self.topic.record_upstream_success();
+            self.sink.healthy();
         }
         loop {
             let chunk = tokio::select! {
@@ -154,9 +158,14 @@ impl StreamTask {
                         self.proven(&mut proven);
                     }
                     for event in events {
-                        self.publish_event(event);
+                        // The position moves only past what was published: a stream that
+                        // cannot publish reconnects from the last event that was.
+                        let id = event.id.clone();
+                        if let Err(end) = self.publish_event(event, last_event_id.as_deref()).await {
+                            return end;
+                        }
+                        *last_event_id = id;
                     }
-                    *last_event_id = parser.last_event_id().map(str::to_string);
                     if let Some(ms) = parser.retry_ms() {
                         // Capped like max-age: a `retry:` of a day must not freeze the topic.
                         *retry_hint = Some(Duration::from_millis(ms).min(self.client.max_interval()));
@@ -172,7 +181,13 @@ impl StreamTask {
                     }
                     for line in lines {
                         match line {
-                            Ok(json) => self.publish(None, json, "application/json"),
+                            Ok(json) => {
+                                if let Err(end) =
+                                    self.publish(None, json, "application/json", None, None).await
+                                {
+                                    return end;
+                                }
+                            }
                             Err(reason) => {
                                 tracing::warn!(topic = %self.topic.key(), "skipped a line: {reason}")
                             }
@@ -181,7 +196,7 @@ impl StreamTask {
                 }
             }
             if proven {
-                self.topic.record_upstream_success();
+                self.sink.healthy();
             }
         }
     }
@@ -196,24 +211,43 @@ impl StreamTask {
             tracing::info!(topic = %self.topic.key(), failures = self.backoff.failures(), "upstream stream recovered");
         }
         self.backoff.reset();
-        self.topic.record_upstream_success();
+        self.sink.healthy();
     }
 
-    fn publish_event(&self, event: StreamEvent) {
+    async fn publish_event(&self, event: StreamEvent, previous_id: Option<&str>) -> Result<(), End> {
         let data = Bytes::from(event.data);
         let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok() {
             "application/json"
         } else {
             "text/plain; charset=utf-8"
         };
-        self.publish(event.event.map(Arc::from), data, content_type);
+        // Ids persist across events (EventSource rules): only a new id names this event.
+        let version = event.id.clone().filter(|id| Some(id.as_str()) != previous_id);
+        self.publish(event.event.map(Arc::from), data, content_type, version, event.id)
+            .await
     }
 
-    fn publish(&self, event: Option<Arc<str>>, data: Bytes, content_type: &'static str) {
-        self.topic.publish(Payload {
+    async fn publish(
+        &self,
+        event: Option<Arc<str>>,
+        data: Bytes,
+        content_type: &'static str,
+        version: Option<String>,
+        event_id: Option<String>,
+    ) -> Result<(), End> {
+        let payload = Payload {
             event: event.or_else(|| self.event.clone()),
             content_type: Some(Arc::from(content_type)),
             data,
-        });
+        };
+        let continuity = Continuity {
+            last_event_id: event_id,
+            ..Continuity::default()
+        };
+        match self.sink.publish(payload, version, &continuity).await {
+            Ok(()) => Ok(()),
+            Err(SinkError::Fenced) => Err(End::Stopped),
+            Err(SinkError::Unavailable(reason)) => Err(End::Failed(reason)),
+        }
     }
 }
