@@ -89,6 +89,16 @@ impl Instance {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) with `kill -<name>`.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("the instance runs").id();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// SIGKILL, no drain: what a crashed pod does.
     pub fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {

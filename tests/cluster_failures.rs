@@ -1,0 +1,242 @@
+//! Failure cases of the cluster design (`../shared/scaleout.md` §8), beyond issue 14's
+//! acceptance list: Pub/Sub connections cut in a loop, a poll holder paused past its lease,
+//! Redis restarted empty. Three real sidestream processes on a test `redis-server` (needs it
+//! on PATH; fails, never skips).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{Cluster, LEASE_TTL_MS};
+use common::trace::*;
+use common::*;
+
+/// One cluster at a time (four processes each on a 2-core machine).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PUSH_TOPIC: &str = r#"
+[[topic]]
+name = "alerts"
+path = "/alerts/{team}"
+mode = "events"
+source.push = {}
+queue_max_messages = 5000
+history_max_messages = 5000
+"#;
+
+const POLL_TOPIC: &str = r#"
+[[topic]]
+name = "prices"
+path = "/prices/{symbol}"
+mode = "events"
+queue_max_messages = 5000
+history_max_messages = 5000
+source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
+"#;
+
+/// §8.5: `CLIENT KILL TYPE pubsub` every 100 ms while A publishes at 200 msg/s: subscribers on
+/// B and C still get every message once, in order (each cut is repaired from the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_connections_cut_in_a_loop_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    let cluster = Cluster::start(3, backend.port, "", PUSH_TOPIC).await;
+    let path = "/alerts/cuts";
+    let start = publish_ok(cluster.a().admin_port(), path, "0", None).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut subscribers = Vec::new();
+    for instance in &cluster.instances[1..] {
+        let client = SseClient::connect(instance.port(), path, &[("Last-Event-ID", start.as_str())]).await;
+        subscribers.push((client, Trace::new(&format!("subscriber on {}", instance.id))));
+    }
+    const LAST: u64 = 500;
+    let publisher = Publisher::start(cluster.a().admin_port(), path, 1, LAST, Duration::from_millis(5));
+    let mut cuts = 0usize;
+    while publisher.published() < LAST {
+        let killed = cluster.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        cuts += killed.trim().parse::<usize>().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cursors = publisher.finish().await;
+    assert!(cuts > 0, "the loop cut some Pub/Sub connections");
+    let mut faults = Vec::new();
+    for (mut client, mut trace) in subscribers {
+        read_sse(&mut client, &mut trace, |t| t.last_n() >= Some(LAST)).await;
+        if let Err(fault) = trace.check_contiguous() {
+            faults.push(fault);
+        }
+        let ids: Vec<String> = trace.got.iter().map(|g| g.id.clone()).collect();
+        if trace.numbers() != (1..=LAST).collect::<Vec<_>>() || ids != cursors {
+            faults.push(format!("{}: not exactly 1..={LAST} with A's cursors", trace.what));
+        }
+    }
+    assert!(faults.is_empty(), "{cuts} Pub/Sub connections cut: {faults:#?}");
+}
+
+/// §8.1/§8.2: the poll holder is paused (SIGSTOP) for 2 × the lease TTL: a standby takes over
+/// and polls meanwhile; when the old holder wakes it neither publishes (fenced) nor keeps
+/// polling, so clients on every instance see one cursor sequence without gap or duplicate and
+/// the backend is polled once per interval again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_poll_holder_is_replaced_and_fenced() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    backend.set("/prices/P", Behaviour::Counter);
+    let cluster = Cluster::start(3, backend.port, "", POLL_TOPIC).await;
+    let mut clients = Vec::new();
+    for instance in &cluster.instances {
+        let mut client = SseClient::connect(instance.port(), "/prices/P", &[]).await;
+        let mut trace = Trace::new(&format!("client on {}", instance.id));
+        read_sse(&mut client, &mut trace, |t| !t.got.is_empty()).await;
+        clients.push((instance.id.clone(), client, trace));
+    }
+    let holders = cluster.lease_holders();
+    assert_eq!(
+        holders.len(),
+        1,
+        "one lease for the one poll topic instance: {holders:?}"
+    );
+    let holder = cluster.instances.iter().find(|i| i.id == holders[0]).unwrap();
+
+    holder.signal("STOP");
+    let paused_at = backend.hit_count("/prices/P");
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
+    let polled_while_paused = backend.hit_count("/prices/P") - paused_at;
+    holder.signal("CONT");
+    assert!(
+        polled_while_paused > 0,
+        "a standby took over while {} was paused",
+        holder.id
+    );
+    // After the wake-up: one poller again (2 s window: 10 slots, ± 2 as in tests/cluster.rs).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = backend.hit_count("/prices/P");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let after = backend.hit_count("/prices/P");
+    let polls = after - before;
+    let target = after as u64;
+    let mut faults = Vec::new();
+    for (_, client, trace) in &mut clients {
+        read_sse(client, trace, |t| t.last_n() >= Some(target)).await;
+        // Every poll is a change here, but a poll whose publish was fenced is not a message:
+        // the numbers may skip, the cursors may not.
+        let mut seqs = trace.got.iter().map(|g| split_cursor(&g.id));
+        let first = seqs.next().unwrap();
+        let mut previous = first;
+        for seq in seqs {
+            if seq.0 != previous.0 || seq.1 != previous.1 + 1 {
+                faults.push(format!("{}: cursor {:?} after {:?}", trace.what, seq, previous));
+                break;
+            }
+            previous = seq;
+        }
+        if trace.got.windows(2).any(|w| w[1].n <= w[0].n) {
+            faults.push(format!("{}: a value came twice or out of order", trace.what));
+        }
+        if !trace.unexpected.is_empty() {
+            faults.push(format!("{}: {:?}", trace.what, trace.unexpected));
+        }
+    }
+    let fenced = metric(
+        holder.admin_port(),
+        "sidestream_cluster_fenced_publishes_total",
+        &[],
+    )
+    .await;
+    eprintln!(
+        "paused {}: {polled_while_paused} polls while paused, {polls} after, {fenced} fenced",
+        holder.id
+    );
+    assert!(
+        faults.is_empty() && (8..=12).contains(&polls),
+        "paused {}: {polled_while_paused} polls while paused, {polls} in the 2 s after (8..=12), \
+         {fenced} fenced publishes on it: {faults:#?}",
+        holder.id
+    );
+}
+
+/// §8.7: Redis restarted without persistence: each subscriber sees at most one reset, then
+/// everything published after the restart, in order, no duplicate; publishing works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_redis_restart_costs_at_most_one_reset() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    let mut cluster = Cluster::start(3, backend.port, "", PUSH_TOPIC).await;
+    let path = "/alerts/restart";
+    let start = publish_ok(cluster.a().admin_port(), path, "0", None).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut subscribers = Vec::new();
+    for instance in &cluster.instances[1..] {
+        let client = SseClient::connect(instance.port(), path, &[("Last-Event-ID", start.as_str())]).await;
+        subscribers.push((client, Trace::new(&format!("subscriber on {}", instance.id))));
+    }
+    for n in 1..=50u64 {
+        publish_ok(cluster.a().admin_port(), path, &n.to_string(), None).await;
+    }
+    for (client, trace) in &mut subscribers {
+        read_sse(client, trace, |t| t.last_n() >= Some(50)).await;
+    }
+    cluster.redis.restart().await;
+    // Publishes may be refused until the sidecars reconnect; each is retried (bounded) with
+    // its own Idempotency-Key, as a real publisher would, so a retry is never a duplicate.
+    let mut refused = 0usize;
+    for n in 51..=100u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let key = format!("restart-{n}");
+        loop {
+            let reply = publish(cluster.a().admin_port(), path, &n.to_string(), Some(&key)).await;
+            if reply.status == 200 {
+                break;
+            }
+            refused += 1;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing works again after the Redis restart (last: {} {})",
+                reply.status,
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut faults = Vec::new();
+    for ((mut client, mut trace), port) in subscribers
+        .into_iter()
+        .zip([cluster.b().port(), cluster.c().port()])
+    {
+        // Events after the restart: a reset notice (at most one) is recorded as unexpected.
+        // A stream the sidecar ends is reconnected with the last id, as EventSource does.
+        let mut reconnects = 0;
+        while !read_sse(&mut client, &mut trace, |t| t.last_n() >= Some(100)).await {
+            reconnects += 1;
+            assert!(reconnects <= 3, "{}: ended {reconnects} times", trace.what);
+            let last = trace.last_id().unwrap().to_string();
+            client = SseClient::connect(port, path, &[("Last-Event-ID", last.as_str())]).await;
+            trace.reconnected();
+        }
+        eprintln!(
+            "{}: reconnects at {:?}, notices {:?}",
+            trace.what, trace.reconnects, trace.unexpected
+        );
+        let resets = trace.unexpected.iter().filter(|u| u.contains("reset")).count();
+        if resets > 1 || trace.unexpected.len() != resets {
+            faults.push(format!("{}: {:?}", trace.what, trace.unexpected));
+        }
+        if trace.numbers() != (1..=100).collect::<Vec<_>>() {
+            faults.push(format!(
+                "{}: not exactly 1..=100 once each in order (reconnects at {:?}): {:?}",
+                trace.what,
+                trace.reconnects,
+                trace.numbers()
+            ));
+        }
+    }
+    assert!(
+        faults.is_empty(),
+        "{refused} publishes refused while reconnecting: {faults:#?}"
+    );
+}
