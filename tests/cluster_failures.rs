@@ -240,3 +240,65 @@ async fn an_empty_redis_restart_costs_at_most_one_reset() {
         "{refused} publishes refused while reconnecting: {faults:#?}"
     );
 }
+
+/// §8.4 and the cursor rules on any instance: on instances that never saw the topic, a cursor
+/// trimmed off the shared history, one from another epoch and one in the future each get one
+/// `reset` and then what history holds; a retained cursor replays exactly what follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_resolve_against_the_shared_history_on_any_instance() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    let topics = PUSH_TOPIC.replace("history_max_messages = 5000", "history_max_messages = 20");
+    let cluster = Cluster::start(3, backend.port, "", &topics).await;
+    let path = "/alerts/trim";
+    let mut cursors = Vec::new();
+    for n in 0..=100u64 {
+        let reply = publish_ok(cluster.a().admin_port(), path, &n.to_string(), None).await;
+        cursors.push(reply["cursor"].as_str().unwrap().to_string());
+    }
+    let (epoch, top) = split_cursor(&cursors[100]);
+    let retained = cursors[90].clone();
+    let mut faults = Vec::new();
+    for (what, port, cursor) in [
+        ("trimmed cursor on B", cluster.b().port(), cursors[0].clone()),
+        ("other epoch on C", cluster.c().port(), format!("zzzzzzz-{top}")),
+        (
+            "future cursor on B",
+            cluster.b().port(),
+            format!("{epoch}-{}", top + 50),
+        ),
+    ] {
+        let mut client = SseClient::connect(port, path, &[("Last-Event-ID", cursor.as_str())]).await;
+        let mut trace = Trace::new(what);
+        read_sse(&mut client, &mut trace, |t| t.last_n() >= Some(100)).await;
+        let resets = trace
+            .unexpected
+            .iter()
+            .filter(|u| u.contains("event: reset"))
+            .count();
+        if resets != 1 || trace.unexpected.len() != 1 {
+            faults.push(format!("{what}: one reset expected, got {:?}", trace.unexpected));
+        }
+        let mut messages = trace.clone();
+        messages.unexpected.clear();
+        if let Err(fault) = messages.check_contiguous() {
+            faults.push(fault);
+        }
+        // What history holds: at most the last 20 (81..=100), in order.
+        let numbers = trace.numbers();
+        if numbers.first().is_none_or(|first| *first < 81) || numbers.last() != Some(&100) {
+            faults.push(format!("{what}: after the reset {numbers:?}"));
+        }
+    }
+    let mut client =
+        SseClient::connect(cluster.c().port(), path, &[("Last-Event-ID", retained.as_str())]).await;
+    let mut trace = Trace::new("retained cursor on C");
+    read_sse(&mut client, &mut trace, |t| t.last_n() >= Some(100)).await;
+    if let Err(fault) = trace.check_contiguous() {
+        faults.push(fault);
+    }
+    if trace.numbers() != (91..=100).collect::<Vec<_>>() {
+        faults.push(format!("retained cursor on C: {:?}", trace.numbers()));
+    }
+    assert!(faults.is_empty(), "{faults:#?}");
+}
