@@ -21,6 +21,7 @@ pub struct RawServer {
     pub ready_grace_ms: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,
+    pub reuse_port: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

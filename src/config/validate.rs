@@ -252,6 +252,7 @@ impl<'a> Checker<'a> {
             ready_grace: self.duration_ms(&raw.ready_grace_ms, None, "ready_grace_ms", 10_000, true),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
+            reuse_port: raw.reuse_port.as_ref().is_some_and(|flag| *flag.get_ref()),
         }
     }
 
