@@ -7,10 +7,19 @@
 //!
 //! Then open <http://127.0.0.1:8080/> (the page comes from the backend, through sidestream's
 //! pass-through) or `curl -N http://127.0.0.1:8080/api/prices/AAPL`.
+//!
+//! `cargo run --release --example demo -- --cluster` runs the same backend with three
+//! sidestream instances (8080/8081/8082, admin 9090/9091/9092) sharing a `redis-server` it
+//! starts itself (see `demo/cluster.rs`). `GET /stats` on the backend counts its requests.
 
+#[path = "demo/cluster.rs"]
+mod cluster;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -30,18 +39,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => {}
+        ["--cluster"] => {
+            start_backend()?;
+            return cluster::run(BACKEND);
+        }
+        // How `--cluster` starts each of its instances (one App per process).
+        ["--cluster-instance", index, "--redis-url", redis_url] => {
+            return cluster::run_instance(DEMO_CONFIG, index.parse()?, redis_url);
+        }
+        _ => return Err("usage: demo [--cluster]".into()),
+    }
     let config =
         sidestream::config::parse("config/demo.toml (embedded)", DEMO_CONFIG).map_err(|e| e.to_string())?;
-
-    let backend = std::net::TcpListener::bind(BACKEND)?;
-    backend.set_nonblocking(true)?;
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        match runtime {
-            Ok(runtime) => runtime.block_on(serve_backend(backend)),
-            Err(error) => eprintln!("demo backend cannot start: {error}"),
-        }
-    });
+    start_backend()?;
 
     let listen = config.server.listen;
     println!(
@@ -53,11 +66,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          curl -i 'http://{listen}/api/prices/AAPL?wait=10'  # long poll\n  \
          curl -i http://{listen}/orders -d '{{\"buy\":1}}'      # pass-through to the backend\n  \
          cargo run --example client -- --transport websocket ws://{listen}/api/trades   # WebSocket\n  \
-         open http://{listen}/                              # live page (EventSource)\n\nCtrl-C stops.\n"
+         open http://{listen}/                              # live page (EventSource)\n  \
+         curl -s http://{BACKEND}/stats                    # what the backend served, per path\n\nCtrl-C stops.\n"
     );
     let app = sidestream::app::App::build(config)?;
     app.run(Box::new(sidestream::app::UnixSignals));
     Ok(())
+}
+
+/// The demo backend on its own thread and runtime, as if it were another process.
+fn start_backend() -> Result<(), Box<dyn std::error::Error>> {
+    let backend = std::net::TcpListener::bind(BACKEND)
+        .map_err(|error| format!("the demo backend cannot listen on {BACKEND}: {error}"))?;
+    backend.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(serve_backend(backend)),
+            Err(error) => eprintln!("demo backend cannot start: {error}"),
+        }
+    });
+    Ok(())
+}
+
+/// Requests per path, for `GET /stats`: shows how often sidestream polls. Per path the total
+/// and the times of the last ones (at most `RECENT_MAX`, oldest dropped first).
+static HITS: LazyLock<Mutex<BTreeMap<String, Hits>>> = LazyLock::new(Mutex::default);
+const RECENT_WINDOW: Duration = Duration::from_secs(10);
+const RECENT_MAX: usize = 10_000;
+
+#[derive(Default, Clone)]
+struct Hits {
+    total: u64,
+    recent: VecDeque<Instant>,
+}
+
+fn count_hit(path: &str) {
+    let now = Instant::now();
+    if let Ok(mut hits) = HITS.lock() {
+        let hits = hits.entry(path.to_string()).or_default();
+        hits.total += 1;
+        if hits.recent.len() >= RECENT_MAX {
+            hits.recent.pop_front();
+        }
+        hits.recent.push_back(now);
+    }
+}
+
+/// `{"/prices/AAPL":{"total":…,"last_10s":…},…}`
+fn stats() -> String {
+    let now = Instant::now();
+    let hits = HITS.lock().map(|hits| hits.clone()).unwrap_or_default();
+    let requests: serde_json::Map<String, serde_json::Value> = hits
+        .into_iter()
+        .map(|(path, hits)| {
+            let recent = hits
+                .recent
+                .iter()
+                .filter(|at| now.duration_since(**at) <= RECENT_WINDOW)
+                .count();
+            (
+                path,
+                serde_json::json!({ "total": hits.total, "last_10s": recent }),
+            )
+        })
+        .collect();
+    format!("{}\n", serde_json::Value::Object(requests))
 }
 
 async fn serve_backend(listener: std::net::TcpListener) {
@@ -106,6 +180,10 @@ fn respond(status: u16, content_type: &str, etag: Option<&str>, body: String) ->
 /// The backend knows nothing of push: every resource is a plain GET with an ETag.
 fn route(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
+    if path == "/stats" {
+        return respond(200, "application/json", None, stats());
+    }
+    count_hit(&path);
     let if_none_match = request
         .headers()
         .get("if-none-match")

@@ -152,7 +152,13 @@ impl App {
             self.config.server.read_buffer_bytes,
             self.config.server.write_buffer_bytes,
         );
-        proxy.add_listener(ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers));
+        let mut listener = ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers);
+        if self.config.server.reuse_port {
+            let mut options = pingora_core::listeners::TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            listener = listener.tcp_socket_options(options);
+        }
+        proxy.add_listener(listener);
         server.add_service(proxy);
         server.add_service(background_service("reaper", Reaper(self.registry.clone())));
         let readiness = Readiness::new(self.config.server.ready_grace);

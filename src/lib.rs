@@ -15,6 +15,15 @@
 //!
 //! `app` wires it into one pingora server; `main` is the CLI.
 //!
+//! With `[cluster]`, several sidecars behave as one through Redis ([`cluster`]): the lease
+//! holder's source (or a push on any sidecar) publishes through a script in Redis that
+//! assigns the cursor and appends to a shared stream; every sidecar's follower feeds those
+//! messages into its local hub in order, so everything downstream of the hub is unchanged:
+//!
+//! ```text
+//! upstream (lease holder only) ──▶ cluster (Redis: seq, stream, Pub/Sub) ──▶ hub (every sidecar)
+//! ```
+//!
 //! ## Glossary
 //!
 //! - **topic**: a `[[topic]]` of the config: a client path template such as
@@ -28,6 +37,10 @@
 //!   overflow policy (conflate, drop oldest, disconnect).
 //! - **upstream**: the side that talks to the backend ([`upstream`]): conditional polling
 //!   with backoff and jitter.
+//! - **lease**: with `[cluster]`, the right to run a topic instance's source; one holder
+//!   cluster-wide, renewed in batches, fenced in the publish script.
+//! - **follower**: with `[cluster]`, the per-instance task that keeps the local history in
+//!   step with the shared one (ordering, gap repair, `reset` when history is gone).
 //! - **downstream**: the side that talks to clients ([`downstream`]): connection limits,
 //!   subscriber auth and CORS, transport choice, the four transports, and pass-through of
 //!   everything else.
@@ -40,6 +53,8 @@
 //! - [`hub`]: topics, cursor, history, subscribers, registry. Knows nothing of HTTP.
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
 //!   `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
+//! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
+//!   leases. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`; [`metrics`] defines every metric.
 //! - [`app`]: builds the pingora server and its services; shutdown wiring.
 

@@ -78,10 +78,11 @@ impl Reloader {
             format!("{:?}", running.websocket_echo) != format!("{:?}", next.websocket_echo),
             format!("{:?}", running.cors) != format!("{:?}", next.cors),
             format!("{:?}", running.limits) != format!("{:?}", next.limits),
+            cluster_changed(running.cluster.as_ref(), next.cluster.as_ref()),
         ];
         if restart_only.iter().any(|changed| *changed) {
             tracing::warn!(
-                "changes to [server], [upstream], [cors], [limits] or [testing] take effect at the next restart"
+                "changes to [server], [upstream], [cors], [limits], [testing] or [cluster] take effect at the next restart"
             );
         }
         // New specs first, so that clients of closed instances reconnect to the new ones.
@@ -124,4 +125,20 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Whether `[cluster]` changed. The default `instance_id` is drawn anew at every parse, so
+/// it is left out: the running process keeps its id until it restarts anyway.
+fn cluster_changed(
+    running: Option<&crate::config::cluster::ClusterSettings>,
+    next: Option<&crate::config::cluster::ClusterSettings>,
+) -> bool {
+    let without_id = |settings: Option<&crate::config::cluster::ClusterSettings>| {
+        settings.map(|settings| {
+            let mut settings = settings.clone();
+            settings.instance_id.clear();
+            format!("{settings:?}")
+        })
+    };
+    without_id(running) != without_id(next)
 }

@@ -56,6 +56,14 @@ fn several_errors_in_one_file_are_all_reported() {
 }
 
 #[test]
+fn cluster_errors_never_quote_the_redis_password() {
+    let (code, _, stderr) = check("tests/fixtures/config/cluster.toml");
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("`redis_url` uses TLS (rediss://)"), "{stderr}");
+    assert!(!stderr.contains("not-printed-secret"), "{stderr}");
+}
+
+#[test]
 fn shipped_configs_are_valid() {
     for config in ["config/demo.toml", "config/example.toml"] {
         let (code, stdout, stderr) = check(config);

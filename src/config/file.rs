@@ -21,6 +21,7 @@ pub struct RawServer {
     pub ready_grace_ms: Field<i64>,
     pub drain_timeout_ms: Field<i64>,
     pub threads: Field<i64>,
+    pub reuse_port: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +152,24 @@ pub enum RawSecret {
 pub struct RawSecretSource {
     pub env: Option<String>,
     pub file: Option<String>,
+}
+
+/// `[cluster]`: several sidecars behaving as one on Redis. `redis_url`, `redis_password` and
+/// `instance_id` may each be a string or `{ env = "NAME" }` / `{ file = "/path" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis_url: Field<RawSecret>,
+    pub redis_password: Field<RawSecret>,
+    pub key_prefix: Field<String>,
+    pub instance_id: Field<RawSecret>,
+    pub lease_ttl_ms: Field<i64>,
+    pub lease_renew_ms: Field<i64>,
+    pub redis_timeout_ms: Field<i64>,
+    pub connect_timeout_ms: Field<i64>,
+    pub history_ttl_ms: Field<i64>,
+    pub idempotency_window_ms: Field<i64>,
+    pub intake_max_messages: Field<i64>,
 }
 
 /// `[limits]`: what one client, or all of them, may take from the process.

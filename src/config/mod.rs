@@ -80,6 +80,11 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Worker threads of the client-facing service.
     pub threads: usize,
+    /// `SO_REUSEPORT` on the client listener: several sidecars on one host may share the
+    /// port and the kernel spreads connections over them (a restart hand-over, or a
+    /// benchmark of a cluster behind one port). Off by default: a second process binding
+    /// the same port by mistake then fails loudly.
+    pub reuse_port: bool,
 }
 
 #[derive(Clone, Debug)]

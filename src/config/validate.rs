@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::file::{
-    Field, RawAuth, RawCors, RawDefaults, RawLimits, RawServer, RawTesting, RawTopic, RawUpstream,
+    Field, RawAuth, RawCluster, RawCors, RawDefaults, RawLimits, RawServer, RawTesting, RawTopic, RawUpstream,
 };
 use super::security::{AuthSpec, Limits, Secret};
 use super::template::PathTemplate;
@@ -23,10 +23,12 @@ use super::{Config, ConfigError, ConfigErrors, ServerSettings, TopicSpec, Upstre
 /// need, far less than a client flood could ask for.
 pub const DEFAULT_MAX_REQUESTS_PER_SECOND: usize = 100;
 
+mod cluster;
 mod security;
 mod topic;
 
-const SECTIONS: &str = "`server`, `upstream`, `defaults`, `topic`, `auth`, `cors`, `limits`, `testing`";
+const SECTIONS: &str =
+    "`server`, `upstream`, `defaults`, `topic`, `auth`, `cors`, `limits`, `cluster`, `testing`";
 
 pub struct Checker<'a> {
     file: &'a str,
@@ -114,6 +116,7 @@ impl<'a> Checker<'a> {
         let mut auth = None;
         let mut cors = None;
         let mut limits = None;
+        let mut cluster: Option<(Range<usize>, RawCluster)> = None;
         for (key, value) in root.into_inner() {
             let key_span = key.span();
             match key.get_ref().as_ref() {
@@ -127,6 +130,7 @@ impl<'a> Checker<'a> {
                 "auth" => auth = self.section::<BTreeMap<String, Spanned<RawAuth>>>(value),
                 "cors" => cors = self.section::<RawCors>(value),
                 "limits" => limits = self.section::<RawLimits>(value),
+                "cluster" => cluster = self.section::<RawCluster>(value).map(|raw| (key_span, raw)),
                 "topic" => {
                     topics_seen = true;
                     let span = value.span();
@@ -190,6 +194,7 @@ impl<'a> Checker<'a> {
             }
         }
         let websocket_echo = testing.and_then(|raw| self.echo(&raw, &paths));
+        let cluster = cluster.and_then(|(span, raw)| self.cluster(span, &raw));
         match (self.errors.is_empty(), upstream) {
             (true, Some(upstream)) => Ok(Config {
                 server,
@@ -198,7 +203,7 @@ impl<'a> Checker<'a> {
                 websocket_echo,
                 limits,
                 cors,
-                cluster: None,
+                cluster,
             }),
             _ => {
                 self.errors.sort_by_key(|e| (e.line, e.column));
@@ -252,6 +257,7 @@ impl<'a> Checker<'a> {
             ready_grace: self.duration_ms(&raw.ready_grace_ms, None, "ready_grace_ms", 10_000, true),
             drain_timeout: self.duration_ms(&raw.drain_timeout_ms, None, "drain_timeout_ms", 10_000, true),
             threads: self.count(&raw.threads, None, "threads", 2),
+            reuse_port: raw.reuse_port.as_ref().is_some_and(|flag| *flag.get_ref()),
         }
     }
 

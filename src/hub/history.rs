@@ -1,7 +1,8 @@
 //! The bounded history ring of one topic instance, and the cursor assignment it implies.
 //!
-//! This is the seam "who assigns the cursor and keeps history": the local ring here; a
-//! cluster-wide log (e.g. a Redis stream) would be another implementation of the same calls.
+//! This is the seam "who assigns the cursor and keeps history": the ring assigns it on a
+//! single sidecar (`append`); with `[cluster]` Redis does, and the ring caches the shared
+//! stream (`restart_at`, `append_at`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //!
 //! This is also the seam "who may run a topic's upstream task": the registry asks its
 //! [`UpstreamLauncher`] to start one when an instance is created and cancels it when the
-//! instance is reaped. Today that is always this process; a cluster lease would decide here.
+//! instance is reaped. With `[cluster]` the launcher starts a follower of the shared history
+//! and contends for the instance's lease, running the source only while it holds it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
