@@ -93,11 +93,14 @@ start b "$(config b 8070 8072 cluster)"
 start c "$(config c 8070 8073 cluster)"
 wait_port 8170 && wait_port 8070 && wait_port 8072 && wait_port 8073
 before=$(redis_calls)
+# Where the subscribers are, sampled while the run publishes (the kernel spreads them over B, C).
+( sleep 8
+  for admin in 8171 8072 8073; do
+    echo "    subscribers on admin :$admin: $(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^sidestream_subscribers\{/ { s += $2 } END { print s + 0 }')"
+  done ) > "$LOGDIR/spread.txt" &
 run "cluster-$KIND-n$N-r$RATE" "http://127.0.0.1:8070/bench/{topic}" "http://127.0.0.1:8171/publish/bench/{topic}"
 after=$(redis_calls)
-for admin in 8072 8073; do
-  echo "    subscribers on :$admin: $(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^sidestream_subscribers\{/ { s += $2 } END { print s + 0 }')"
-done
+cat "$LOGDIR/spread.txt"
 python3 - $before $after "$M" <<'PY'
 import sys
 all0, sent0, all1, sent1, messages = map(int, sys.argv[1:])
