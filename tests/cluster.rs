@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, PUSH_TOPIC, STREAM_TOPIC};
 use common::ticking::TickingStream;
 use common::trace::*;
 use common::ws::WsClient;
@@ -23,27 +23,6 @@ const POLL_TOPIC: &str = r#"
 name = "prices"
 path = "/prices/{symbol}"
 source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
-"#;
-
-const PUSH_TOPIC: &str = r#"
-[[topic]]
-name = "alerts"
-path = "/alerts/{team}"
-mode = "events"
-source.push = {}
-queue_max_messages = 5000
-history_max_messages = 5000
-websocket = { envelope = "json" }
-"#;
-
-const STREAM_TOPIC: &str = r#"
-[[topic]]
-name = "ticks"
-path = "/ticks"
-mode = "events"
-source.stream = { url = "/ticks-source" }
-queue_max_messages = 5000
-history_max_messages = 5000
 "#;
 
 /// The SSE cursor of each number, from a client's trace.

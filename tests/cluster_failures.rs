@@ -8,22 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Cluster, LEASE_TTL_MS};
+use common::cluster::{Cluster, LEASE_TTL_MS, PUSH_TOPIC};
 use common::trace::*;
 use common::*;
 
 /// One cluster at a time (four processes each on a 2-core machine).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const PUSH_TOPIC: &str = r#"
-[[topic]]
-name = "alerts"
-path = "/alerts/{team}"
-mode = "events"
-source.push = {}
-queue_max_messages = 5000
-history_max_messages = 5000
-"#;
 
 const POLL_TOPIC: &str = r#"
 [[topic]]

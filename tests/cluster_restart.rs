@@ -8,28 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, PUSH_TOPIC, STREAM_TOPIC};
 use common::ticking::TickingStream;
 use common::trace::*;
 use common::*;
-
-const TOPICS: &str = r#"
-[[topic]]
-name = "alerts"
-path = "/alerts/{team}"
-mode = "events"
-source.push = {}
-queue_max_messages = 5000
-history_max_messages = 5000
-
-[[topic]]
-name = "ticks"
-path = "/ticks"
-mode = "events"
-source.stream = { url = "/ticks-source" }
-queue_max_messages = 5000
-history_max_messages = 5000
-"#;
 
 /// Reads until the stream ends (the instance died); every event up to then is in `trace`.
 async fn read_until_end(client: &mut SseClient, trace: &mut Trace) {
@@ -40,7 +22,7 @@ async fn read_until_end(client: &mut SseClient, trace: &mut Trace) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_lose_nothing_on_push_and_stream_topics() {
     let backend = TickingStream::start(Duration::from_millis(50)).await;
-    let mut cluster = Cluster::start(3, backend.port, "", TOPICS).await;
+    let mut cluster = Cluster::start(3, backend.port, "", &format!("{PUSH_TOPIC}{STREAM_TOPIC}")).await;
     let path = "/alerts/crash";
 
     // The stream topic's first client is on A, so A most likely holds its lease (and the

@@ -366,10 +366,14 @@ impl Store {
             .key(&keys.lease)
             .arg(holder)
             .invoke_async::<Value>(&mut self.connection())
-            .await
-            .map(drop)
-            .map_err(StoreError::from);
-        self.record("lease", &result);
+            .await;
+        self.done("lease", result)
+    }
+
+    /// Records a call whose answer does not matter.
+    fn done(&self, operation: &'static str, result: redis::RedisResult<Value>) -> Result<(), StoreError> {
+        let result = result.map(drop).map_err(StoreError::from);
+        self.record(operation, &result);
         result
     }
 
@@ -383,11 +387,8 @@ impl Store {
             .arg(&keys.channel)
             .arg(message)
             .query_async::<Value>(&mut self.connection())
-            .await
-            .map(drop)
-            .map_err(StoreError::from);
-        self.record("health", &result);
-        result
+            .await;
+        self.done("health", result)
     }
 }
 

@@ -255,3 +255,27 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A push topic of events with room for every message of a test (the JSON WebSocket
+/// envelope carries each message's cursor).
+pub const PUSH_TOPIC: &str = r#"
+[[topic]]
+name = "alerts"
+path = "/alerts/{team}"
+mode = "events"
+source.push = {}
+queue_max_messages = 5000
+history_max_messages = 5000
+websocket = { envelope = "json" }
+"#;
+
+/// An event topic fed by the backend stream `/ticks-source` (a `TickingStream`).
+pub const STREAM_TOPIC: &str = r#"
+[[topic]]
+name = "ticks"
+path = "/ticks"
+mode = "events"
+source.stream = { url = "/ticks-source" }
+queue_max_messages = 5000
+history_max_messages = 5000
+"#;

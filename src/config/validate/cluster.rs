@@ -84,51 +84,29 @@ impl Checker<'_> {
             self.intake_max_messages(&raw.intake_max_messages, defaults.intake_max_messages);
         if let (Some(ttl), Some(renew)) = (lease_ttl, lease_renew) {
             if renew > ttl / 2 {
-                let span = raw
-                    .lease_renew_ms
-                    .as_ref()
-                    .or(raw.lease_ttl_ms.as_ref())
-                    .map(Spanned::span);
-                self.error(
-                    span.unwrap_or(section.clone()),
-                    format!(
-                        "`lease_renew_ms` ({}{}) must be at most half of `lease_ttl_ms` ({})",
-                        renew.as_millis(),
-                        if raw.lease_renew_ms.is_none() {
-                            ", the default"
-                        } else {
-                            ""
-                        },
-                        ttl.as_millis()
-                    ),
-                    Some(
-                        "a lease must outlive one lost renewal, e.g. lease_renew_ms = 1000 with \
-                         lease_ttl_ms = 3000"
-                            .into(),
-                    ),
-                );
+                let bound = Bound {
+                    value: renew,
+                    limit: ttl,
+                    name: "lease_renew_ms",
+                    rule: "at most half of",
+                };
+                self.timing_error(&section, (&raw.lease_renew_ms, &raw.lease_ttl_ms), bound,
+                    "a lease must outlive one lost renewal, e.g. lease_renew_ms = 1000 with lease_ttl_ms = 3000");
             }
         }
         if let (Some(ttl), Some(timeout)) = (lease_ttl, redis_timeout) {
             if timeout >= ttl {
-                let span = raw
-                    .redis_timeout_ms
-                    .as_ref()
-                    .or(raw.lease_ttl_ms.as_ref())
-                    .map(Spanned::span);
-                self.error(
-                    span.unwrap_or(section.clone()),
-                    format!(
-                        "`redis_timeout_ms` ({}{}) must be less than `lease_ttl_ms` ({})",
-                        timeout.as_millis(),
-                        if raw.redis_timeout_ms.is_none() {
-                            ", the default"
-                        } else {
-                            ""
-                        },
-                        ttl.as_millis()
-                    ),
-                    Some("a Redis call that may outlast the lease cannot keep it (default 500 ms)".into()),
+                let bound = Bound {
+                    value: timeout,
+                    limit: ttl,
+                    name: "redis_timeout_ms",
+                    rule: "less than",
+                };
+                self.timing_error(
+                    &section,
+                    (&raw.redis_timeout_ms, &raw.lease_ttl_ms),
+                    bound,
+                    "a Redis call that may outlast the lease cannot keep it (default 500 ms)",
                 );
             }
         }
@@ -145,6 +123,30 @@ impl Checker<'_> {
             idempotency_window: idempotency_window?,
             intake_max_messages: intake_max_messages?,
         })
+    }
+
+    /// A timing that breaks its rule against `lease_ttl_ms`, reported at the key that was
+    /// written (or at `lease_ttl_ms` when `name` is the default).
+    fn timing_error(
+        &mut self,
+        section: &Range<usize>,
+        (written, ttl_field): (&Field<i64>, &Field<i64>),
+        bound: Bound,
+        help: &str,
+    ) {
+        let span = written.as_ref().or(ttl_field.as_ref()).map(Spanned::span);
+        let default = if written.is_none() { ", the default" } else { "" };
+        self.error(
+            span.unwrap_or(section.clone()),
+            format!(
+                "`{}` ({}{default}) must be {} `lease_ttl_ms` ({})",
+                bound.name,
+                bound.value.as_millis(),
+                bound.rule,
+                bound.limit.as_millis()
+            ),
+            Some(help.into()),
+        );
     }
 
     fn redis_url(&mut self, raw: &Spanned<RawSecret>) -> Option<Secret> {
@@ -253,6 +255,14 @@ impl Checker<'_> {
 
 /// Whether the Redis client can use `text`, as `(message, help)` otherwise. No message
 /// quotes the URL: it may carry a password.
+/// One side of a cross-check between two timings.
+struct Bound {
+    value: std::time::Duration,
+    limit: std::time::Duration,
+    name: &'static str,
+    rule: &'static str,
+}
+
 fn check_redis_url(text: &str) -> Result<(), (String, String)> {
     let fail = |message: &str, help: &str| Err((message.to_string(), help.to_string()));
     let url = match url::Url::parse(text) {
