@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, LEASE_TTL_MS, PUSH_TOPIC};
+use common::redis::RedisServer;
 use common::trace::*;
 use common::*;
 
@@ -152,9 +153,22 @@ async fn a_paused_poll_holder_is_replaced_and_fenced() {
 /// everything published after the restart, in order, no duplicate; publishing works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_redis_restart_costs_at_most_one_reset() {
+    a_redis_restart_costs_at_most_one_reset(RedisServer::start().await).await;
+}
+
+/// §8.8: Redis restarted with its append-only file: the data is back but `run_id` changed,
+/// so the epoch changes once (a rolled-back history must never be mistaken for the old one):
+/// at most one reset per subscriber, nothing lost, and no cursor names two contents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aof_redis_restart_changes_the_epoch_once_and_never_reuses_a_cursor() {
+    let redis = RedisServer::start_persistent().await;
+    a_redis_restart_costs_at_most_one_reset(redis).await;
+}
+
+async fn a_redis_restart_costs_at_most_one_reset(redis: RedisServer) {
     let _serial = SERIAL.lock().await;
     let backend = TestBackend::start().await;
-    let mut cluster = Cluster::start(3, backend.port, "", PUSH_TOPIC).await;
+    let mut cluster = Cluster::start_on(redis, 3, backend.port, "", PUSH_TOPIC).await;
     let path = "/alerts/restart";
     let start = publish_ok(cluster.a().admin_port(), path, "0", None).await["cursor"]
         .as_str()
@@ -175,12 +189,16 @@ async fn an_empty_redis_restart_costs_at_most_one_reset() {
     // Publishes may be refused until the sidecars reconnect; each is retried (bounded) with
     // its own Idempotency-Key, as a real publisher would, so a retry is never a duplicate.
     let mut refused = 0usize;
+    let epoch_before = split_cursor(&start).0;
+    let mut epochs_after = std::collections::BTreeSet::<String>::new();
     for n in 51..=100u64 {
         let deadline = tokio::time::Instant::now() + WAIT;
         let key = format!("restart-{n}");
         loop {
             let reply = publish(cluster.a().admin_port(), path, &n.to_string(), Some(&key)).await;
             if reply.status == 200 {
+                let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+                epochs_after.insert(split_cursor(answer["cursor"].as_str().unwrap()).0.to_string());
                 break;
             }
             refused += 1;
@@ -193,7 +211,17 @@ async fn an_empty_redis_restart_costs_at_most_one_reset() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    assert_eq!(
+        epochs_after.len(),
+        1,
+        "one epoch after the restart: {epochs_after:?}"
+    );
+    assert!(
+        !epochs_after.contains(epoch_before),
+        "a restarted Redis (new run_id) must not go on with the old epoch's seqs"
+    );
     let mut faults = Vec::new();
+    let mut contents: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for ((mut client, mut trace), port) in subscribers
         .into_iter()
         .zip([cluster.b().port(), cluster.c().port()])
@@ -212,6 +240,13 @@ async fn an_empty_redis_restart_costs_at_most_one_reset() {
             "{}: reconnects at {:?}, notices {:?}",
             trace.what, trace.reconnects, trace.unexpected
         );
+        for got in &trace.got {
+            if let Some(other) = contents.insert(got.id.clone(), got.n) {
+                if other != got.n {
+                    faults.push(format!("cursor {} named {other} and {}", got.id, got.n));
+                }
+            }
+        }
         let resets = trace.unexpected.iter().filter(|u| u.contains("reset")).count();
         if resets > 1 || trace.unexpected.len() != resets {
             faults.push(format!("{}: {:?}", trace.what, trace.unexpected));

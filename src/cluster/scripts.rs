@@ -4,7 +4,9 @@
 //! Epoch rule (`../shared/scaleout.md` §4): a new epoch only when the instance's meta is
 //! missing (first use, expiry, eviction, Redis wiped) or Redis's `run_id` differs from the one
 //! stored with the epoch (a restart or failover may have rolled entries back). The epoch is
-//! created by the caller (`Epoch::random`) and used only when one is needed.
+//! created by the caller (`Epoch::random`) and used only when one is needed. Both the publish
+//! and the history script check `run_id` (`INFO server`, tens of µs): whichever runs first
+//! after a restart makes the new epoch, so no seq of the old one is ever reused.
 
 use std::sync::LazyLock;
 
@@ -37,10 +39,16 @@ if KEYS[4] ~= '' then
   end
 end
 local e = redis.call('HGET', KEYS[1], 'e')
+local rid = run_id()
+if e and redis.call('HGET', KEYS[1], 'rid') ~= rid then
+  -- Redis restarted or failed over since the epoch was made: entries after its last fsync
+  -- may be gone, and their seqs would be handed out again for other content.
+  e = nil
+end
 if not e then
   e = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 'rid', run_id())
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 'rid', rid)
 end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'v') == ARGV[3] then
   return {'dup', e, redis.call('HGET', KEYS[1], 's')}

@@ -139,7 +139,17 @@ impl Cluster {
     /// `backend_port` with `topics` (`[[topic]]` tables) and `[defaults]` lines, and waits until
     /// each listens on both ports.
     pub async fn start(count: usize, backend_port: u16, defaults: &str, topics: &str) -> Cluster {
-        let redis = RedisServer::start().await;
+        Self::start_on(RedisServer::start().await, count, backend_port, defaults, topics).await
+    }
+
+    /// Like [`Cluster::start`], on a given Redis (e.g. a persistent one).
+    pub async fn start_on(
+        redis: RedisServer,
+        count: usize,
+        backend_port: u16,
+        defaults: &str,
+        topics: &str,
+    ) -> Cluster {
         let dir = TempDir::new("cluster");
         // Its own Redis already isolates the test; a distinct prefix too keeps keys readable
         // when one looks at a failed test's Redis by hand.

@@ -63,18 +63,31 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// `appendonly yes` (`appendfsync always`): a restart comes back with every write.
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on `127.0.0.1` and a free port and waits (bounded) until it
     /// answers `PING`.
     pub async fn start() -> RedisServer {
+        Self::start_with(false).await
+    }
+
+    /// Like [`RedisServer::start`], with an append-only file fsynced on every write, kept
+    /// across [`RedisServer::restart`] (a restart then changes only Redis's `run_id`).
+    pub async fn start_persistent() -> RedisServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> RedisServer {
         require_program("redis-server");
         require_program("redis-cli");
         let mut server = RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
+            persistent,
         };
         server.spawn().await;
         server
@@ -96,7 +109,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.persistent { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
             ])
             .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
             .arg(self.dir.path())
@@ -182,7 +197,8 @@ impl RedisServer {
         }
     }
 
-    /// Kills it (if running) and starts it again on the same port, empty.
+    /// Kills it (if running) and starts it again on the same port: empty, or (persistent)
+    /// with everything it had.
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
