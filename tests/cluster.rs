@@ -295,3 +295,59 @@ async fn one_backend_stream_cluster_wide_feeds_clients_on_all_three() {
 fn a_missing_redis_server_fails_loudly_with_the_install_line() {
     common::redis::require_program("redis-server-that-is-not-installed");
 }
+
+/// Stale data is told on every instance: clients already connected hear of it when the
+/// holder's backend starts failing, and a sidecar that starts following the instance later
+/// (a new client on it) says so at once; both hear when it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_data_is_told_on_every_instance_including_late_joiners() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    backend.set("/prices/S", Behaviour::Json("{\"p\":1}".into()));
+    let cluster = Cluster::start(3, backend.port, "", POLL_TOPIC).await;
+    let sse = [("Accept", "text/event-stream")];
+    // A alone contends, so A polls.
+    let mut on_a = SseClient::connect(cluster.a().port(), "/prices/S", &sse).await;
+    assert_eq!(
+        on_a.next_event().await.unwrap().data.as_deref(),
+        Some("{\"p\":1}")
+    );
+    let mut on_b = SseClient::connect(cluster.b().port(), "/prices/S", &sse).await;
+    assert_eq!(
+        on_b.next_event().await.unwrap().data.as_deref(),
+        Some("{\"p\":1}")
+    );
+    backend.set("/prices/S", Behaviour::Status(500));
+    for (what, client) in [("A (the holder)", &mut on_a), ("B", &mut on_b)] {
+        let event = client.next_event().await.unwrap();
+        assert_eq!(
+            (event.event.as_deref(), event.data.as_deref()),
+            (Some("stale"), Some("{\"stale\":true}")),
+            "{what} is told the data is stale"
+        );
+    }
+    // C never followed the instance: its first client is told at once, after the latest state.
+    let mut on_c = SseClient::connect(cluster.c().port(), "/prices/S", &sse).await;
+    let mut first_two = Vec::new();
+    for _ in 0..2 {
+        let event = on_c.next_event().await.unwrap();
+        first_two.push((event.event, event.data));
+    }
+    assert!(
+        first_two.contains(&(Some("stale".into()), Some("{\"stale\":true}".into()))),
+        "a late joiner on C is told the data is stale: {first_two:?}"
+    );
+    backend.set("/prices/S", Behaviour::Json("{\"p\":2}".into()));
+    for (what, client) in [("A", &mut on_a), ("B", &mut on_b), ("C", &mut on_c)] {
+        let mut told = false;
+        for _ in 0..3 {
+            let event = client.next_event().await.unwrap();
+            if event.event.as_deref() == Some("stale") {
+                assert_eq!(event.data.as_deref(), Some("{\"stale\":false}"), "{what}");
+                told = true;
+                break;
+            }
+        }
+        assert!(told, "{what} is told the data is fresh again");
+    }
+}

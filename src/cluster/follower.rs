@@ -125,9 +125,19 @@ impl Follower {
 
     fn restart(&self, state: &mut FollowState, reply: HistoryReply, end_subscribers: bool) {
         let HistoryReply {
-            epoch, top, entries, ..
+            epoch,
+            top,
+            entries,
+            stale,
+            ..
         } = reply;
         self.topic.restart_history(epoch, top, entries, end_subscribers);
+        // A sidecar that starts following while the holder's backend fails says so at once.
+        match stale {
+            Some(reason) => self.topic.record_upstream_failure(reason),
+            None if self.topic.is_stale() => self.topic.record_upstream_success(),
+            None => {}
+        }
         state.last = Some(Cursor { epoch, seq: top });
     }
 

@@ -76,8 +76,8 @@ return {'ok', e, s}
 /// KEYS: meta, log. ARGV: 1 epoch candidate, 2 since seq ('' = the newest `count`), 3 count,
 /// 4 ttl ms. Creates the epoch if there is none (so every sidecar starts on the same one),
 /// starts a new one if Redis's run_id changed.
-/// Returns {epoch, top, first retained seq (top + 1 when empty), entries…}; each entry is
-/// {id, {field, value, …}}, oldest first.
+/// Returns {epoch, top, first retained seq (top + 1 when empty), stale reason ('' = fresh),
+/// entries…}; each entry is {id, {field, value, …}}, oldest first.
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{RUN_ID}{}",
@@ -109,7 +109,7 @@ if ARGV[2] == '' then
 else
   entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
 end
-local reply = {e, top, first}
+local reply = {e, top, first, redis.call('HGET', KEYS[1], 'stale') or ''}
 for i = 1, #entries do
   reply[#reply + 1] = entries[i]
 end

@@ -39,6 +39,8 @@ pub struct HistoryReply {
     pub top: u64,
     /// The oldest seq the stream still holds (`top + 1` when it holds none).
     pub first_retained: u64,
+    /// The lease holder's last word on the backend: `Some(reason)` while it fails.
+    pub stale: Option<String>,
     pub entries: Vec<(Cursor, Payload)>,
 }
 
@@ -291,7 +293,7 @@ impl Store {
             .await?;
         let bad = || StoreError::Unexpected("history");
         let reply = items(&reply).ok_or_else(bad)?;
-        let [epoch, top, first, entries @ ..] = reply else {
+        let [epoch, top, first, stale, entries @ ..] = reply else {
             return Err(bad());
         };
         let epoch = as_text(epoch).and_then(Epoch::parse).ok_or_else(bad)?;
@@ -303,6 +305,9 @@ impl Store {
             epoch,
             top: as_u64(top).ok_or_else(bad)?,
             first_retained: as_u64(first).ok_or_else(bad)?,
+            stale: as_text(stale)
+                .filter(|reason| !reason.is_empty())
+                .map(str::to_string),
             entries,
         })
     }
@@ -377,17 +382,23 @@ impl Store {
         result
     }
 
-    /// Tells every sidecar following the instance that its data is stale (or fresh again).
+    /// Tells every sidecar following the instance that its data is stale (or fresh again),
+    /// and keeps it in meta for sidecars that start following later.
     pub async fn announce_health(&self, keys: &InstanceKeys, stale: Option<&str>) -> Result<(), StoreError> {
-        let message = match stale {
+        // A reason is never empty: '' in meta means fresh.
+        let reason = stale.map(|r| if r.is_empty() { "the backend is failing" } else { r });
+        let message = match reason {
             Some(reason) => format!("!1\n{reason}"),
             None => "!0".to_string(),
         };
-        let result = redis::cmd("PUBLISH")
-            .arg(&keys.channel)
-            .arg(message)
-            .query_async::<Value>(&mut self.connection())
-            .await;
+        let result = redis::pipe()
+            .hset(&keys.meta, "stale", reason.unwrap_or(""))
+            .ignore()
+            .publish(&keys.channel, message)
+            .ignore()
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map(|()| Value::Nil);
         self.done("health", result)
     }
 }
