@@ -327,3 +327,68 @@ async fn cursors_resolve_against_the_shared_history_on_any_instance() {
     }
     assert!(faults.is_empty(), "{faults:#?}");
 }
+
+/// §8.9: `DEBUG SLEEP 5` stalls Redis with the poll holder's lease in it. The holder cannot
+/// renew, so it stops polling on its own local deadline (0.8 × TTL after its last renewal),
+/// and nobody else can take the lease while Redis sleeps: for the rest of the stall nobody
+/// polls — never two pollers. When Redis wakes, the old holder's queued publishes are fenced
+/// (its lease expired meanwhile), one sidecar polls again, and every client on every instance
+/// has one contiguous cursor sequence with strictly increasing values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_stops_the_poller_before_anyone_else_can_take_over() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    backend.set("/prices/D", Behaviour::Counter);
+    let redis = RedisServer::start_debuggable().await;
+    let cluster = Cluster::start_on(redis, 3, backend.port, "", POLL_TOPIC).await;
+    let mut clients = Vec::new();
+    for instance in &cluster.instances {
+        let mut client = SseClient::connect(instance.port(), "/prices/D", &[]).await;
+        let mut trace = Trace::new(&format!("client on {}", instance.id));
+        read_sse(&mut client, &mut trace, |t| !t.got.is_empty()).await;
+        clients.push((client, trace));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sleeper = std::process::Command::new("redis-cli")
+        .args(["-p", &cluster.redis.port().to_string(), "DEBUG", "SLEEP", "5"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The local deadline is 0.8 × 1.5 s after the last renewal, renewals come every 0.5 s:
+    // by 2.2 s into the stall the holder has stopped. From then until Redis wakes, no polls.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let quiet_from = backend.hit_count("/prices/D");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let polled_while_stalled = backend.hit_count("/prices/D") - quiet_from;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sleeper.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "DEBUG SLEEP 5 returns");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        polled_while_stalled, 0,
+        "nobody polls while Redis is stalled and the holder's lease cannot be renewed"
+    );
+    // Polling resumes under one holder; clients everywhere follow it.
+    let resumed_from = backend.hit_count("/prices/D");
+    eventually("polling resumes after the stall", || {
+        backend.hit_count("/prices/D") >= resumed_from + 5
+    })
+    .await;
+    let target = backend.hit_count("/prices/D") as u64;
+    let mut faults = Vec::new();
+    for (client, trace) in &mut clients {
+        read_sse(client, trace, |t| t.last_n() >= Some(target)).await;
+        let seqs: Vec<(&str, u64)> = trace.got.iter().map(|g| split_cursor(&g.id)).collect();
+        if seqs.windows(2).any(|w| w[1].0 != w[0].0 || w[1].1 != w[0].1 + 1) {
+            faults.push(format!("{}: cursors not contiguous: {seqs:?}", trace.what));
+        }
+        if trace.got.windows(2).any(|w| w[1].n <= w[0].n) {
+            faults.push(format!("{}: a value came twice or out of order", trace.what));
+        }
+        if !trace.unexpected.is_empty() {
+            faults.push(format!("{}: {:?}", trace.what, trace.unexpected));
+        }
+    }
+    assert!(faults.is_empty(), "{faults:#?}");
+}

@@ -65,6 +65,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `appendonly yes` (`appendfsync always`): a restart comes back with every write.
     persistent: bool,
+    /// `enable-debug-command yes`, for `DEBUG SLEEP`.
+    debuggable: bool,
 }
 
 impl RedisServer {
@@ -74,6 +76,14 @@ impl RedisServer {
         Self::start_with(false).await
     }
 
+    /// Like [`RedisServer::start`], with `DEBUG` commands enabled (`DEBUG SLEEP`).
+    pub async fn start_debuggable() -> RedisServer {
+        let mut server = Self::new(false);
+        server.debuggable = true;
+        server.spawn().await;
+        server
+    }
+
     /// Like [`RedisServer::start`], with an append-only file fsynced on every write, kept
     /// across [`RedisServer::restart`] (a restart then changes only Redis's `run_id`).
     pub async fn start_persistent() -> RedisServer {
@@ -81,16 +91,21 @@ impl RedisServer {
     }
 
     async fn start_with(persistent: bool) -> RedisServer {
+        let mut server = Self::new(persistent);
+        server.spawn().await;
+        server
+    }
+
+    fn new(persistent: bool) -> RedisServer {
         require_program("redis-server");
         require_program("redis-cli");
-        let mut server = RedisServer {
+        RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
             persistent,
-        };
-        server.spawn().await;
-        server
+            debuggable: false,
+        }
     }
 
     async fn spawn(&mut self) {
@@ -113,6 +128,11 @@ impl RedisServer {
                 "--appendfsync",
                 "always",
             ])
+            .args(if self.debuggable {
+                &["--enable-debug-command", "yes"][..]
+            } else {
+                &[]
+            })
             .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
             .arg(self.dir.path())
             .stdin(Stdio::null())
