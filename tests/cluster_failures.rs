@@ -392,3 +392,60 @@ async fn a_stalled_redis_stops_the_poller_before_anyone_else_can_take_over() {
     }
     assert!(faults.is_empty(), "{faults:#?}");
 }
+
+/// §8.6: a Pub/Sub reader that falls behind is cut off by Redis (`client-output-buffer-limit
+/// pubsub`, set tiny here) — B is paused (SIGSTOP) while A publishes 16 KiB messages (more than loopback socket buffers hold). When B
+/// wakes, its connection is gone: it reconnects, resubscribes and repairs from the stream, so
+/// its subscriber still gets every message once, in order, with A's cursors (or would be told
+/// `reset` if the stream no longer had them) — never a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_reader_cut_off_for_falling_behind_catches_up() {
+    const LAST: u64 = 300;
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    // Room for the whole burst in the client's queue and the ring: this test is about the
+    // Pub/Sub cut, not the slow-client policy.
+    let topics = format!("{PUSH_TOPIC}queue_max_bytes = 268435456\nhistory_max_bytes = 268435456\n");
+    let cluster = Cluster::start(3, backend.port, "", &topics).await;
+    let path = "/alerts/slow";
+    let pad = "x".repeat(16 * 1024);
+    let start = publish_ok(cluster.a().admin_port(), path, "{\"n\":0}", None).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut client = SseClient::connect(cluster.b().port(), path, &[("Last-Event-ID", start.as_str())]).await;
+    let mut trace = Trace::new("subscriber on b");
+    cluster
+        .redis
+        .cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 8kb 4kb 1"]);
+    cluster.b().signal("STOP");
+    let mut cursors = Vec::new();
+    for n in 1..=LAST {
+        let body = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
+        let reply = publish_ok(cluster.a().admin_port(), path, &body, None).await;
+        cursors.push(reply["cursor"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.b().signal("CONT");
+    assert!(
+        read_sse(&mut client, &mut trace, |t| t.last_n() >= Some(LAST)).await,
+        "the stream on b stays open"
+    );
+    let ids: Vec<String> = trace.got.iter().map(|g| g.id.clone()).collect();
+    assert!(
+        trace.numbers() == (1..=LAST).collect::<Vec<_>>() && ids == cursors && trace.unexpected.is_empty(),
+        "b's subscriber got exactly 1..={LAST} with A's cursors: {:?} {:?}",
+        trace.numbers(),
+        trace.unexpected
+    );
+    let repaired = metric(
+        cluster.b().admin_port(),
+        "sidestream_cluster_gap_repairs_total",
+        &[("outcome", "repaired")],
+    )
+    .await;
+    assert!(
+        repaired >= 1.0,
+        "b repaired from the stream (the cut happened): {repaired}"
+    );
+}
