@@ -1,0 +1,172 @@
+//! Unit tests of one topic instance (paused time, no sockets).
+
+use super::*;
+use bytes::Bytes;
+
+pub(crate) fn settings(mode: Mode) -> TopicSettings {
+    TopicSettings {
+        mode,
+        history: HistoryLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+        },
+        queue: QueueLimits {
+            max_messages: 16,
+            max_bytes: 1 << 20,
+        },
+        on_full: OverflowPolicy::Disconnect,
+        idle_linger: Duration::from_secs(5),
+    }
+}
+
+fn topic(mode: Mode) -> Arc<Topic> {
+    Topic::new(TopicKey::new("t", vec![]), settings(mode))
+}
+
+fn publish(topic: &Topic, text: &str) -> Cursor {
+    topic
+        .publish(Payload {
+            data: Bytes::copy_from_slice(text.as_bytes()),
+            ..Payload::default()
+        })
+        .cursor
+}
+
+fn seqs(messages: &[Arc<Message>]) -> Vec<u64> {
+    messages.iter().map(|m| m.cursor.seq).collect()
+}
+
+fn live_seqs(subscription: &Subscription) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(Delivery::Message { message, .. }) = subscription.try_recv() {
+        seen.push(message.cursor.seq);
+    }
+    seen
+}
+
+#[test]
+fn state_topic_starts_with_latest_and_event_topic_from_now() {
+    let state = topic(Mode::State);
+    publish(&state, "a");
+    publish(&state, "b");
+    let first = state.subscribe(Resume::Latest);
+    assert_eq!(seqs(&first.backlog), vec![2]);
+    assert!(first.reset.is_none());
+
+    let events = topic(Mode::Events);
+    publish(&events, "a");
+    let first = events.subscribe(Resume::Latest);
+    assert!(first.backlog.is_empty());
+    publish(&events, "b");
+    assert_eq!(live_seqs(&first.subscription), vec![2]);
+}
+
+#[test]
+fn resume_replays_exactly_what_was_missed() {
+    let events = topic(Mode::Events);
+    let seen = publish(&events, "a");
+    publish(&events, "b");
+    publish(&events, "c");
+    let resumed = events.subscribe(Resume::After(seen));
+    assert!(resumed.reset.is_none());
+    assert_eq!(seqs(&resumed.backlog), vec![2, 3]);
+    publish(&events, "d");
+    assert_eq!(live_seqs(&resumed.subscription), vec![4]);
+}
+
+#[test]
+fn unknown_cursor_resets_with_what_history_holds() {
+    let events = topic(Mode::Events);
+    for text in ["a", "b", "c", "d", "e", "f"] {
+        publish(&events, text);
+    }
+    let stale = Cursor {
+        seq: 1,
+        ..events.cursor()
+    };
+    let resumed = events.subscribe(Resume::After(stale));
+    assert_eq!(resumed.reset.map(|c| c.seq), Some(2));
+    assert_eq!(seqs(&resumed.backlog), vec![3, 4, 5, 6]);
+
+    let state = topic(Mode::State);
+    publish(&state, "a");
+    let resumed = state.subscribe(Resume::Unknown);
+    assert_eq!(resumed.reset.map(|c| c.seq), Some(0));
+    assert_eq!(seqs(&resumed.backlog), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_subscription_unsubscribes_and_starts_the_idle_clock() {
+    let topic = topic(Mode::State);
+    let subscribed = topic.subscribe(Resume::Latest);
+    assert_eq!(topic.subscriber_count(), 1);
+    assert_eq!(topic.idle_for(Instant::now()), None);
+    drop(subscribed);
+    assert_eq!(topic.subscriber_count(), 0);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(topic.idle_for(Instant::now()), Some(Duration::from_secs(3)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_keys_are_delivered_once_within_the_window() {
+    let topic = topic(Mode::Events);
+    let subscribed = topic.subscribe(Resume::Latest);
+    let payload = || Payload {
+        data: Bytes::from_static(b"x"),
+        ..Payload::default()
+    };
+    let first = topic.publish_once(Some("k1"), payload());
+    let again = topic.publish_once(Some("k1"), payload());
+    assert!(!first.duplicate);
+    assert_eq!(
+        again,
+        Published {
+            cursor: first.cursor,
+            duplicate: true
+        }
+    );
+    assert_eq!(live_seqs(&subscribed.subscription), vec![1]);
+    tokio::time::advance(IDEMPOTENCY_WINDOW + Duration::from_secs(1)).await;
+    assert!(
+        !topic.publish_once(Some("k1"), payload()).duplicate,
+        "window passed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_log_assigns_cursors_and_a_restart_ends_subscribers() {
+    let topic = topic(Mode::Events);
+    topic.expect_sync();
+    assert!(!topic.wait_synced(Duration::from_millis(50)).await);
+    let epoch = Epoch::from_raw(36u64.pow(6) + 99);
+    let at = |seq| Cursor { epoch, seq };
+    let payload = || Payload {
+        data: Bytes::from_static(b"x"),
+        ..Payload::default()
+    };
+    topic.restart_history(epoch, 10, vec![(at(9), payload()), (at(10), payload())], false);
+    topic.mark_synced();
+    assert!(topic.wait_synced(Duration::from_millis(50)).await);
+    let resumed = topic.subscribe(Resume::After(at(8)));
+    assert!(resumed.reset.is_none());
+    assert_eq!(seqs(&resumed.backlog), vec![9, 10]);
+    assert!(!topic.deliver(at(12), payload()), "a hole is refused");
+    assert!(topic.deliver(at(11), payload()));
+    assert_eq!(live_seqs(&resumed.subscription), vec![11]);
+    topic.restart_history(Epoch::from_raw(36u64.pow(6) + 100), 3, vec![], true);
+    assert!(matches!(
+        resumed.subscription.recv().await,
+        Delivery::Closed(CloseReason::TopicClosed)
+    ));
+    let again = topic.subscribe(Resume::After(at(11)));
+    assert!(again.reset.is_some(), "the old epoch's cursor is unknown now");
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_the_topic_ends_subscriptions() {
+    let topic = topic(Mode::Events);
+    let subscribed = topic.subscribe(Resume::Latest);
+    topic.close();
+    let delivery = subscribed.subscription.recv().await;
+    assert!(matches!(delivery, Delivery::Closed(CloseReason::TopicClosed)));
+}
