@@ -41,6 +41,8 @@
 //!   cluster-wide, renewed in batches, fenced in the publish script.
 //! - **follower**: with `[cluster]`, the per-instance task that keeps the local history in
 //!   step with the shared one (ordering, gap repair, `reset` when history is gone).
+//! - **degraded**: with `[cluster]`, Redis unanswered for `fallback_after_ms`: each sidecar
+//!   serves its instances alone under a local epoch, and rejoins when Redis is back.
 //! - **downstream**: the side that talks to clients ([`downstream`]): connection limits,
 //!   subscriber auth and CORS, transport choice, the four transports, and pass-through of
 //!   everything else.
@@ -54,7 +56,7 @@
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
 //!   `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
-//!   leases. Only `app` and `admin` (pushes) know it exists.
+//!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`; [`metrics`] defines every metric.
 //! - [`app`]: builds the pingora server and its services; shutdown wiring.
 

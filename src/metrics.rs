@@ -68,6 +68,8 @@ pub struct Metrics {
     pub cluster_fenced_publishes: IntCounter,
     /// `[cluster]`: 1 while the `connection` (`commands`, `pubsub`) to Redis works.
     pub cluster_redis_connected: IntGaugeVec,
+    pub cluster_degraded: IntGauge,
+    pub cluster_degraded_transitions: IntCounterVec,
     /// `[cluster]`: failed Redis calls, by `operation`.
     pub cluster_redis_errors: IntCounterVec,
 }
@@ -268,6 +270,15 @@ impl Metrics {
                 "sidestream_cluster_redis_connected",
                 "1 while the connection to Redis works",
                 &["connection"],
+            ),
+            cluster_degraded: gauge(
+                "sidestream_cluster_degraded",
+                "1 while Redis is unreachable past fallback_after_ms and topics are served locally",
+            ),
+            cluster_degraded_transitions: counter_vec(
+                "sidestream_cluster_degraded_transitions_total",
+                "changes of the cluster state: entered degraded (local) mode, or resumed",
+                &["to"],
             ),
             cluster_redis_errors: counter_vec(
                 "sidestream_cluster_redis_errors_total",

@@ -153,19 +153,28 @@ pub async fn handle(admin: &Admin, session: &mut ServerSession, topic_path: &str
             {
                 Ok(done) => published.push(done),
                 Err(error) => {
+                    // Degraded: refused rather than delivered here only, which would be a
+                    // silent partial delivery (the other sidecars' clients would never see it).
+                    let (why, retry_after) = match error {
+                        crate::cluster::store::StoreError::Degraded => (
+                            "the cluster is degraded (Redis unreachable) and a push would reach this sidecar's clients only",
+                            "5",
+                        ),
+                        _ => ("the cluster's Redis is not answering", "1"),
+                    };
                     tracing::warn!(topic = %route.key, "push not published: {error}");
                     // Nothing after the first failure was published; what came before was.
                     let mut response = text(
                         503,
                         &format!(
-                            "the cluster's Redis is not answering; {} of {} messages were published, retry the rest",
+                            "{why}; {} of {} messages were published, retry the rest",
                             published.len(),
                             items.len()
                         ),
                     );
                     response
                         .headers_mut()
-                        .insert("Retry-After", http::HeaderValue::from_static("1"));
+                        .insert("Retry-After", http::HeaderValue::from_static(retry_after));
                     return response;
                 }
             }

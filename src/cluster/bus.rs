@@ -115,6 +115,13 @@ impl Bus {
         result
     }
 
+    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut self.connection.clone())
+            .await
+            .map(drop)
+    }
+
     pub async fn unsubscribe(&self, channel: &str) {
         self.routes
             .0

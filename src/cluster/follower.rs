@@ -51,7 +51,11 @@ impl Follower {
                 Ok(()) => break,
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot subscribe to the topic's channel: {error}");
+                    if backoff.failures() == 1 && !self.cluster.health.is_degraded() {
+                        tracing::warn!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot subscribe to the topic's channel: {error}");
+                    } else {
+                        tracing::debug!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot subscribe to the topic's channel: {error}");
+                    }
                     // Until Redis answers, the instance serves what it has (nothing yet).
                     self.topic.mark_synced();
                     tokio::select! {
@@ -67,27 +71,52 @@ impl Follower {
         let mut check = tokio::time::interval(TOP_CHECK);
         check.reset();
         let mut second_look: Option<tokio::time::Instant> = None;
+        let mut health = self.cluster.health.watch();
         loop {
+            // Degraded: nothing to catch up from; the catch-up waits for Redis to be back.
+            let degraded = *health.borrow_and_update();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 message = intake.recv() => {
                     let Some(message) = message else { break };
                     self.receive(&mut state, &message).await;
                 }
-                _ = dirty.wake.notified() => {
+                _ = dirty.wake.notified(), if !degraded => {
                     if dirty.take() {
                         self.catch_up(&mut state).await;
                         second_look = Some(tokio::time::Instant::now() + SECOND_LOOK);
                     }
                 }
-                _ = async { tokio::time::sleep_until(second_look.unwrap_or_else(tokio::time::Instant::now)).await }, if second_look.is_some() => {
+                _ = async { tokio::time::sleep_until(second_look.unwrap_or_else(tokio::time::Instant::now)).await }, if second_look.is_some() && !degraded => {
                     second_look = None;
                     self.catch_up(&mut state).await;
                 }
-                _ = check.tick() => self.catch_up(&mut state).await,
+                _ = check.tick(), if !degraded => self.catch_up(&mut state).await,
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if !*health.borrow_and_update() {
+                        self.rejoin(&mut state).await;
+                        second_look = Some(tokio::time::Instant::now() + SECOND_LOOK);
+                    }
+                }
             }
         }
         self.cluster.bus.unsubscribe(&self.keys.channel).await;
+    }
+
+    /// Redis is back after a degraded spell: an instance that published nothing alone is
+    /// caught up like after any disconnection; one that did reloads the shared history and
+    /// ends its subscriptions (one `reset` for each of their clients).
+    async fn rejoin(&self, state: &mut FollowState) {
+        if self.topic.rejoin() {
+            self.catch_up(state).await;
+        } else {
+            tracing::info!(topic = %self.topic.key(), "rejoining the shared history; clients served alone here will be told to reset");
+            METRICS.cluster_gap_repairs.with_label_values(&["reset"]).inc();
+            self.sync_until_done(state, true).await;
+        }
     }
 
     fn history_count(&self) -> usize {
@@ -111,7 +140,13 @@ impl Follower {
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot read the shared history: {error}");
+                    // One line when it starts failing; the retries (and a degraded spell,
+                    // which has its own line) are debug-level.
+                    if backoff.failures() == 1 && !self.cluster.health.is_degraded() {
+                        tracing::warn!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot read the shared history: {error}");
+                    } else {
+                        tracing::debug!(topic = %self.topic.key(), retry_in_ms = delay.as_millis() as u64, "cannot read the shared history: {error}");
+                    }
                     // Requests are not held while Redis is away: they see the local data.
                     self.topic.mark_synced();
                     tokio::select! {
@@ -210,7 +245,11 @@ impl Follower {
             {
                 Ok(reply) => reply,
                 Err(error) => {
-                    tracing::warn!(topic = %self.topic.key(), "cannot catch up from the shared history: {error}");
+                    if self.cluster.health.is_degraded() {
+                        tracing::debug!(topic = %self.topic.key(), "cannot catch up from the shared history: {error}");
+                    } else {
+                        tracing::warn!(topic = %self.topic.key(), "cannot catch up from the shared history: {error}");
+                    }
                     return;
                 }
             };

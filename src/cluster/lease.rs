@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fallback::LastHeldSlot;
 use super::keys::InstanceKeys;
 use super::store::{PublishOutcome, Publisher};
 use super::Cluster;
@@ -119,15 +120,24 @@ pub struct LeasedSource {
     pub topic: Arc<Topic>,
     pub keys: InstanceKeys,
     pub stop: CancellationToken,
+    pub last_held: Arc<LastHeldSlot>,
 }
 
 impl LeasedSource {
     pub async fn run(self) {
         let settings = &self.cluster.settings;
         let mut backoff = Backoff::new(settings.lease_renew, settings.lease_ttl);
+        let mut health = self.cluster.health.watch();
         // Wait for the follower's first sync so a holder's first publish follows the history.
         self.topic.wait_synced(settings.lease_ttl).await;
         loop {
+            if *health.borrow_and_update() {
+                self.serve_alone(&mut health).await;
+                if self.stop.is_cancelled() {
+                    break;
+                }
+                backoff.reset();
+            }
             let holder = format!("{}:{:08x}", settings.instance_id, rand::random::<u32>());
             let sent = Instant::now();
             let acquired = tokio::select! {
@@ -137,7 +147,7 @@ impl LeasedSource {
             let delay = match acquired {
                 Ok(Some(continuity)) => {
                     backoff.reset();
-                    self.hold(&holder, sent, continuity).await;
+                    self.hold(&holder, sent, continuity, &mut health).await;
                     if self.stop.is_cancelled() {
                         break;
                     }
@@ -153,11 +163,18 @@ impl LeasedSource {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
+                _ = health.wait_for(|degraded| *degraded) => {}
             }
         }
     }
 
-    async fn hold(&self, holder: &str, sent: Instant, continuity: Continuity) {
+    async fn hold(
+        &self,
+        holder: &str,
+        sent: Instant,
+        continuity: Continuity,
+        health: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
         tracing::info!(topic = %self.topic.key(), "lease acquired: this sidecar polls the topic");
         let lost = self.stop.child_token();
         self.cluster
@@ -170,7 +187,9 @@ impl LeasedSource {
             holder: holder.to_string(),
             lost: lost.clone(),
             announced_stale: Mutex::new(false),
+            last_held: self.last_held.clone(),
         });
+        self.last_held.published(&continuity);
         let start = SourceStart {
             sink,
             resume: continuity,
@@ -179,12 +198,18 @@ impl LeasedSource {
         let task = self
             .launcher
             .spawn_source(self.topic.clone(), lost.clone(), start);
-        lost.cancelled().await;
+        tokio::select! {
+            _ = lost.cancelled() => {}
+            // Renewals fail long before this; it only bounds a hold on a Redis that answers
+            // renewals but nothing else.
+            _ = health.wait_for(|degraded| *degraded) => lost.cancel(),
+        }
         if let Some(task) = task {
             // The source ends at its next await point once `lost` fires.
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         self.cluster.leases.remove(&self.keys.lease);
+        self.last_held.hold_ended();
         if self.stop.is_cancelled() {
             // Released at once, so a standby takes over without waiting for the TTL.
             if let Err(error) = self.cluster.store.release(&self.keys, holder).await {
@@ -207,6 +232,7 @@ struct ClusterSink {
     holder: String,
     lost: CancellationToken,
     announced_stale: Mutex<bool>,
+    last_held: Arc<LastHeldSlot>,
 }
 
 impl ClusterSink {
@@ -255,7 +281,10 @@ impl Sink for ClusterSink {
             .publish(&self.keys, max_messages, &payload, from)
             .await
         {
-            Ok(PublishOutcome::Published(_) | PublishOutcome::Duplicate(_)) => Ok(()),
+            Ok(PublishOutcome::Published(_) | PublishOutcome::Duplicate(_)) => {
+                self.last_held.published(continuity);
+                Ok(())
+            }
             Ok(PublishOutcome::Fenced) => {
                 tracing::warn!(topic = %self.topic.key(), "publish fenced: the lease moved to another sidecar");
                 self.lost.cancel();

@@ -15,11 +15,13 @@
 //! - [`bus`]: the Pub/Sub connection and its bounded per-instance intake.
 //! - [`follower`]: history sync, ordering, gap repair, per instance.
 //! - [`lease`]: one poller per instance cluster-wide, batched renewals, the fenced sink.
+//! - [`fallback`]: Redis gone — each sidecar serves its topics alone until it is back.
 //!
 //! All of it runs on one small runtime of its own, so Redis work never competes with, and
 //! never depends on, pingora's per-service runtimes.
 
 pub mod bus;
+pub mod fallback;
 pub mod follower;
 pub mod keys;
 pub mod lease;
@@ -53,6 +55,7 @@ pub struct Cluster {
     pub store: Store,
     pub bus: bus::Bus,
     pub leases: lease::Leases,
+    pub health: fallback::Health,
     runtime: tokio::runtime::Handle,
 }
 
@@ -129,10 +132,12 @@ impl Cluster {
                 connection: pubsub,
             },
             leases: lease::Leases::default(),
+            health: fallback::Health::default(),
             runtime: runtime.handle().clone(),
             settings,
         });
-        runtime.spawn(lease::Leases::run_renewals(cluster.clone(), shutdown));
+        runtime.spawn(lease::Leases::run_renewals(cluster.clone(), shutdown.clone()));
+        runtime.spawn(fallback::watch_redis(cluster.clone(), shutdown));
         tracing::info!(instance = %cluster.settings.instance_id, "cluster mode: topics are shared through Redis");
         Ok((cluster, ClusterRuntime(Some(runtime))))
     }
@@ -149,6 +154,9 @@ impl Cluster {
         payload: &Payload,
         idempotency_key: Option<&str>,
     ) -> Result<Published, store::StoreError> {
+        if self.health.is_degraded() {
+            return Err(store::StoreError::Degraded);
+        }
         let keys = self.keys(key);
         let outcome = self
             .store
@@ -208,6 +216,7 @@ impl UpstreamLauncher for ClusterLauncher {
                     topic: topic.clone(),
                     keys: keys.clone(),
                     stop: stop.clone(),
+                    last_held: Default::default(),
                 }
                 .run(),
             );

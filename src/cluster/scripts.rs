@@ -120,18 +120,25 @@ return reply
 
 /// KEYS: lease, meta. ARGV: 1 holder (`instance:nonce`), 2 ttl ms.
 /// Returns the meta hash (continuity state) as a flat list when the lease was taken, or nil.
+/// Meta written before Redis restarted (another `run_id`) is not handed over: its epoch is
+/// about to be replaced, and a holder resuming its validators or content hash would find the
+/// backend "unchanged" and leave the new epoch without its current state.
 pub static LEASE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{RUN_ID}{}",
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local meta = redis.call('HGETALL', KEYS[2])
+  local meta = {}
+  if redis.call('HGET', KEYS[2], 'rid') == run_id() then
+    meta = redis.call('HGETALL', KEYS[2])
+  end
   meta[#meta + 1] = 'lease'
   meta[#meta + 1] = ARGV[1]
   return meta
 end
 return false
-",
-    )
+"
+    ))
 });
 
 /// KEYS: lease. ARGV: 1 holder. Deletes the lease only if it is still ours.

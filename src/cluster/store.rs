@@ -19,6 +19,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered something unexpected to {0}")]
     Unexpected(&'static str),
+    /// Not tried: Redis has been unreachable past `fallback_after_ms`.
+    #[error("the cluster is degraded: Redis has been unreachable for longer than fallback_after_ms")]
+    Degraded,
 }
 
 /// The outcome of the publish script.
@@ -373,6 +376,21 @@ impl Store {
             .invoke_async::<Value>(&mut self.connection())
             .await;
         self.done("lease", result)
+    }
+
+    /// Is Redis there? (The degraded-mode watch.)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let result = redis::cmd("PING")
+            .query_async::<String>(&mut self.connection())
+            .await
+            .map_err(StoreError::from)
+            // Only Redis says PONG (not whatever else might listen on its port meanwhile).
+            .and_then(|answer| match answer.as_str() {
+                "PONG" => Ok(()),
+                _ => Err(StoreError::Unexpected("PING")),
+            });
+        self.record("ping", &result);
+        result
     }
 
     /// Records a call whose answer does not matter.

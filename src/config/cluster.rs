@@ -32,6 +32,9 @@ pub struct ClusterSettings {
     /// Pub/Sub messages waiting per topic instance before intake drops them and repairs the
     /// gap from the stream (`intake_max_messages`).
     pub intake_max_messages: usize,
+    /// Redis unreachable this long → every topic is served by this sidecar alone (own
+    /// poller, a local epoch) until it answers again (`fallback_after_ms`).
+    pub fallback_after: Duration,
 }
 
 impl ClusterSettings {
@@ -49,6 +52,7 @@ impl ClusterSettings {
             history_ttl: Duration::from_secs(86_400),
             idempotency_window: Duration::from_secs(300),
             intake_max_messages: 1024,
+            fallback_after: Duration::from_millis(5000),
         }
     }
 }

@@ -170,6 +170,7 @@ pub struct RawCluster {
     pub history_ttl_ms: Field<i64>,
     pub idempotency_window_ms: Field<i64>,
     pub intake_max_messages: Field<i64>,
+    pub fallback_after_ms: Field<i64>,
 }
 
 /// `[limits]`: what one client, or all of them, may take from the process.

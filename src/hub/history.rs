@@ -34,6 +34,11 @@ pub struct History {
     ring: VecDeque<Arc<Message>>,
     bytes: usize,
     limits: HistoryLimits,
+    /// Set while the ring continues another epoch's sequence under a new one (a clustered
+    /// sidecar serving alone while Redis is gone): that epoch and its last seq. A client
+    /// holding one of those cursors resumes without a reset; the new epoch marks everything
+    /// after as this sidecar's own, so it is never mistaken for the cluster's.
+    continues: Option<Cursor>,
 }
 
 impl History {
@@ -44,6 +49,7 @@ impl History {
             ring: VecDeque::new(),
             bytes: 0,
             limits,
+            continues: None,
         }
     }
 
@@ -89,13 +95,49 @@ impl History {
     /// appends what the shared log still holds.
     pub fn restart_at(&mut self, epoch: Epoch, top: u64) {
         self.epoch = epoch;
+        self.continues = None;
         self.last_seq = top;
         self.ring.clear();
         self.bytes = 0;
     }
 
+    /// Goes on under `epoch` from here: the kept messages stay, the next one is `top + 1` of
+    /// `epoch`, and a cursor of the current epoch up to `top` stays valid (see `continues`).
+    pub fn continue_as(&mut self, epoch: Epoch) {
+        if self.continues.is_none() {
+            self.continues = Some(self.cursor());
+        }
+        self.epoch = epoch;
+    }
+
+    /// Whether the ring has gone on under its own epoch since [`History::continue_as`]
+    /// (`false` when nothing was appended since, or it never did).
+    pub fn diverged(&self) -> bool {
+        self.continues.is_some_and(|from| self.last_seq > from.seq)
+    }
+
+    /// Back to the epoch that [`History::continue_as`] left, when nothing was appended under
+    /// the new one: the two are then the same sequence. `false` when it cannot.
+    pub fn resume_continued(&mut self) -> bool {
+        match self.continues {
+            Some(from) if from.seq == self.last_seq => {
+                self.epoch = from.epoch;
+                self.continues = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Everything after `cursor`, or `Unknown` when the ring cannot answer without a gap.
     pub fn after(&self, cursor: Cursor) -> Replay {
+        let cursor = match self.continues {
+            Some(from) if cursor.epoch == from.epoch && cursor.seq <= from.seq => Cursor {
+                epoch: self.epoch,
+                seq: cursor.seq,
+            },
+            _ => cursor,
+        };
         if cursor.epoch != self.epoch || cursor.seq > self.last_seq {
             return Replay::Unknown;
         }
@@ -183,6 +225,45 @@ mod tests {
             seq: 1,
         };
         assert!(seqs(history.after(other_epoch)).is_none());
+    }
+
+    #[test]
+    fn continuing_under_a_new_epoch_keeps_old_cursors_valid_up_to_the_switch() {
+        let mut history = history(10, 1 << 20);
+        let zero = history.cursor();
+        history.append(payload("a"));
+        history.append(payload("b"));
+        let before = history.cursor();
+        let local = Epoch::from_raw(7);
+        history.continue_as(local);
+        assert!(!history.diverged());
+        history.append(payload("c"));
+        assert!(history.diverged());
+        assert_eq!(history.cursor(), Cursor { epoch: local, seq: 3 });
+        // Old cursors up to the switch resume without a reset; beyond it they are another
+        // sequence (the cluster went on without this sidecar) and are unknown.
+        assert_eq!(seqs(history.after(zero)), Some(vec![1, 2, 3]));
+        assert_eq!(seqs(history.after(before)), Some(vec![3]));
+        assert!(seqs(history.after(Cursor { seq: 3, ..before })).is_none());
+        // Something was appended under the new epoch: there is no way back.
+        assert!(!history.resume_continued());
+        history.restart_at(Epoch::from_raw(9), 0);
+        assert!(
+            seqs(history.after(before)).is_none(),
+            "a restart forgets the old epoch"
+        );
+    }
+
+    #[test]
+    fn nothing_appended_under_the_new_epoch_goes_back_to_the_old_one() {
+        let mut history = history(10, 1 << 20);
+        history.append(payload("a"));
+        let before = history.cursor();
+        history.continue_as(Epoch::from_raw(7));
+        history.continue_as(Epoch::from_raw(8));
+        assert!(history.resume_continued());
+        assert_eq!(history.cursor(), before, "the first epoch, not the second");
+        assert!(!history.resume_continued());
     }
 
     #[test]

@@ -103,6 +103,8 @@ struct TopicState {
     last_activity: Instant,
     upstream: UpstreamHealth,
     closed: bool,
+    /// Between [`Topic::serve_alone`] and [`Topic::rejoin`].
+    serving_alone: bool,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,7 @@ impl Topic {
                 last_activity: Instant::now(),
                 upstream: UpstreamHealth::default(),
                 closed: false,
+                serving_alone: false,
             }),
             counters: TopicCounters::default(),
             stale: tokio::sync::watch::Sender::new(false),
@@ -224,10 +227,14 @@ impl Topic {
         end_subscribers: bool,
     ) {
         let mut state = self.lock();
+        // Subscribers that received messages this sidecar published alone are on another
+        // sequence than the shared log's, whatever the caller knows.
+        let end_subscribers = end_subscribers || state.history.diverged();
         let first = kept
             .first()
             .map_or(top, |(cursor, _)| cursor.seq.saturating_sub(1));
         state.history.restart_at(epoch, first);
+        state.serving_alone = false;
         for (cursor, payload) in kept {
             state.history.append_at(cursor, payload);
         }
@@ -236,6 +243,44 @@ impl Topic {
                 queue.close(CloseReason::TopicClosed);
             }
         }
+    }
+
+    /// Serves this instance alone from now on, under a new epoch of its own, without ending
+    /// any subscription: a clustered sidecar cut off from Redis. Subscribers and cursors up to
+    /// now go on seamlessly; what follows carries the new epoch, so no other sidecar (nor the
+    /// cluster later) can mistake it for its own sequence. Returns the epoch that
+    /// [`Topic::publish_in`] takes; already serving alone, the current one.
+    pub fn serve_alone(&self) -> Epoch {
+        let mut state = self.lock();
+        // Already diverged (serving alone again before the shared history was reloaded):
+        // its own epoch goes on.
+        if !state.serving_alone && !state.history.diverged() {
+            state.history.continue_as(Epoch::random());
+        }
+        state.serving_alone = true;
+        state.history.cursor().epoch
+    }
+
+    /// Ends [`Topic::serve_alone`]. When nothing was published alone, the instance is back on
+    /// the epoch it left and `true` says so: its subscribers need no reset. `false`: the local
+    /// sequence diverged and the caller restarts the history (ending the subscriptions).
+    pub fn rejoin(&self) -> bool {
+        let mut state = self.lock();
+        state.serving_alone = false;
+        state.history.resume_continued() || !state.history.diverged()
+    }
+
+    /// Like [`Topic::publish`], only while the instance is still on `epoch` (`None`
+    /// otherwise): a source serving alone must never append to a history that rejoined the
+    /// shared log, whose cursors it does not own.
+    pub fn publish_in(&self, epoch: Epoch, payload: Payload) -> Option<Arc<Message>> {
+        let mut state = self.lock();
+        if state.history.cursor().epoch != epoch {
+            return None;
+        }
+        let message = state.history.append(payload);
+        self.fan_out(state, &message);
+        Some(message)
     }
 
     /// The instance follows a shared log: requests wait (bounded) for its first sync.

@@ -80,10 +80,7 @@ impl ChangeDetector {
                 // Validators are remembered even when the content hash says "same", so the
                 // next request is conditional on what the backend now considers current.
                 self.validators = response.meta.validators;
-                let mut hasher = DefaultHasher::new();
-                response.meta.content_type.hash(&mut hasher);
-                response.body.hash(&mut hasher);
-                let hash = hasher.finish();
+                let hash = content_hash(response.meta.content_type.as_deref(), &response.body);
                 if self.last_hash == Some(hash) {
                     return Observation::Unchanged;
                 }
@@ -97,6 +94,16 @@ impl ChangeDetector {
             status => Observation::Failed(format!("backend answered {status}")),
         }
     }
+}
+
+/// What "the backend's state changed" is judged by: the content type and the body. Also
+/// computed from a message already held (a cluster sidecar starting a poller alone), so the
+/// same state is never published twice.
+pub fn content_hash(content_type: Option<&str>, body: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    content_type.hash(&mut hasher);
+    body.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A body that says it is JSON but does not parse is a broken response, not a new state.

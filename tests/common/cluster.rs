@@ -126,11 +126,16 @@ pub struct Cluster {
     dir: TempDir,
 }
 
+/// Redis unreachable this long → degraded (local) mode. Longer than any outage the other
+/// tests stage (a 5 s `DEBUG SLEEP`), so only the degraded-mode test, which sets its own, sees it.
+pub const FALLBACK_AFTER_MS: u64 = 10_000;
+
 /// `[cluster]` lines for instance `id` (the settings every cluster test shares).
-pub fn cluster_section(redis_url: &str, key_prefix: &str, id: &str) -> String {
+pub fn cluster_section(redis_url: &str, key_prefix: &str, id: &str, fallback_after_ms: u64) -> String {
     format!(
         "[cluster]\nredis_url = \"{redis_url}\"\nkey_prefix = \"{key_prefix}\"\ninstance_id = \"{id}\"\n\
-         lease_ttl_ms = {LEASE_TTL_MS}\nlease_renew_ms = {LEASE_RENEW_MS}\n"
+         lease_ttl_ms = {LEASE_TTL_MS}\nlease_renew_ms = {LEASE_RENEW_MS}\n\
+         fallback_after_ms = {fallback_after_ms}\n"
     )
 }
 
@@ -150,6 +155,18 @@ impl Cluster {
         defaults: &str,
         topics: &str,
     ) -> Cluster {
+        Self::start_with_fallback(redis, count, backend_port, defaults, topics, FALLBACK_AFTER_MS).await
+    }
+
+    /// Like [`Cluster::start_on`], going degraded after `fallback_after_ms` without Redis.
+    pub async fn start_with_fallback(
+        redis: RedisServer,
+        count: usize,
+        backend_port: u16,
+        defaults: &str,
+        topics: &str,
+        fallback_after_ms: u64,
+    ) -> Cluster {
         let dir = TempDir::new("cluster");
         // Its own Redis already isolates the test; a distinct prefix too keeps keys readable
         // when one looks at a failed test's Redis by hand.
@@ -164,7 +181,7 @@ impl Cluster {
                  [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\ntimeout_ms = 1000\n\
                  backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n\n\
                  {}\n[defaults]\n{defaults}\n\n{topics}\n",
-                cluster_section(&redis.url(), &key_prefix, &id)
+                cluster_section(&redis.url(), &key_prefix, &id, fallback_after_ms)
             );
             let config = dir.path().join(format!("{id}.toml"));
             std::fs::write(&config, text).unwrap();

@@ -82,6 +82,29 @@ impl Checker<'_> {
         );
         let intake_max_messages =
             self.intake_max_messages(&raw.intake_max_messages, defaults.intake_max_messages);
+        let fallback_after = self.cluster_ms(
+            &raw.fallback_after_ms,
+            "fallback_after_ms",
+            defaults.fallback_after,
+            1,
+            None,
+        );
+        if let (Some(ttl), Some(fallback)) = (lease_ttl, fallback_after) {
+            if fallback < ttl {
+                let bound = Bound {
+                    value: fallback,
+                    limit: ttl,
+                    name: "fallback_after_ms",
+                    rule: "at least",
+                };
+                self.timing_error(
+                    &section,
+                    (&raw.fallback_after_ms, &raw.lease_ttl_ms),
+                    bound,
+                    "a sidecar cut off from Redis polls on its own only once a lease it held has run out (default 5000 ms)",
+                );
+            }
+        }
         if let (Some(ttl), Some(renew)) = (lease_ttl, lease_renew) {
             if renew > ttl / 2 {
                 let bound = Bound {
@@ -122,6 +145,7 @@ impl Checker<'_> {
             history_ttl: history_ttl?,
             idempotency_window: idempotency_window?,
             intake_max_messages: intake_max_messages?,
+            fallback_after: fallback_after?,
         })
     }
 

@@ -163,6 +163,82 @@ async fn a_shared_log_assigns_cursors_and_a_restart_ends_subscribers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn serving_alone_keeps_subscribers_and_a_diverged_rejoin_ends_them() {
+    let topic = topic(Mode::Events);
+    let shared = Epoch::from_raw(36u64.pow(6) + 5);
+    let payload = || Payload {
+        data: Bytes::from_static(b"x"),
+        ..Payload::default()
+    };
+    topic.restart_history(
+        shared,
+        4,
+        vec![(
+            Cursor {
+                epoch: shared,
+                seq: 4,
+            },
+            payload(),
+        )],
+        false,
+    );
+    let live = topic.subscribe(Resume::Latest);
+    let alone = topic.serve_alone();
+    assert_ne!(alone, shared);
+    assert_eq!(topic.serve_alone(), alone, "asking again keeps the epoch");
+    // A message the cluster sequenced can no longer land here; the local source's can.
+    assert!(!topic.deliver(
+        Cursor {
+            epoch: shared,
+            seq: 5
+        },
+        payload()
+    ));
+    let local = topic.publish_in(alone, payload()).expect("published alone");
+    assert_eq!(local.cursor, Cursor { epoch: alone, seq: 5 });
+    assert_eq!(
+        live_seqs(&live.subscription),
+        vec![5],
+        "the subscriber stays and receives"
+    );
+    // A long-poll cursor from before the switch resumes without a reset.
+    let resumed = topic.subscribe(Resume::After(Cursor {
+        epoch: shared,
+        seq: 4,
+    }));
+    assert!(resumed.reset.is_none());
+    assert_eq!(seqs(&resumed.backlog), vec![5]);
+    assert!(!topic.rejoin(), "the local sequence diverged");
+    let back = Epoch::from_raw(36u64.pow(6) + 6);
+    topic.restart_history(back, 7, vec![], false);
+    assert!(matches!(
+        live.subscription.recv().await,
+        Delivery::Closed(CloseReason::TopicClosed)
+    ));
+    assert!(
+        topic.publish_in(alone, payload()).is_none(),
+        "a late local publish is refused"
+    );
+    assert_eq!(topic.cursor(), Cursor { epoch: back, seq: 7 });
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejoining_before_any_local_publish_needs_no_reset() {
+    let topic = topic(Mode::Events);
+    let shared = Epoch::from_raw(36u64.pow(6) + 5);
+    topic.restart_history(shared, 4, vec![], false);
+    topic.serve_alone();
+    assert!(topic.rejoin());
+    assert_eq!(
+        topic.cursor(),
+        Cursor {
+            epoch: shared,
+            seq: 4
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn closing_the_topic_ends_subscriptions() {
     let topic = topic(Mode::Events);
     let subscribed = topic.subscribe(Resume::Latest);
