@@ -18,9 +18,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use common::cluster::{Cluster, LEASE_RENEW_MS, LEASE_TTL_MS, STREAM_TOPIC};
+use common::cluster::{Cluster, LEASE_RENEW_MS, LEASE_TTL_MS};
 use common::ticking::TickingStream;
 use common::trace::*;
+use common::ws::WsClient;
 use common::*;
 
 const POLL_INTERVAL_MS: u64 = 200;
@@ -32,6 +33,18 @@ const POLL_TOPIC: &str = r#"
 name = "prices"
 path = "/prices/{symbol}"
 source.poll = { url = "/count/{symbol}", interval_ms = 200, jitter_ms = 0 }
+"#;
+/// `common::cluster::STREAM_TOPIC` with the JSON WebSocket envelope (which carries the
+/// cursors), so a WebSocket client can be checked too.
+const STREAM_TOPIC: &str = r#"
+[[topic]]
+name = "ticks"
+path = "/ticks"
+mode = "events"
+source.stream = { url = "/ticks-source" }
+queue_max_messages = 5000
+history_max_messages = 5000
+websocket = { envelope = "json" }
 "#;
 const POLL_PATH: &str = "/prices/A";
 const COUNTER_PATH: &str = "/count/A";
@@ -218,10 +231,11 @@ async fn kill_9_of_the_lease_holder_hands_over_within_the_ttl_with_nothing_lost(
     let (b_port, c_port) = (cluster.b().port(), cluster.c().port());
 
     // Clients on all three: the victim's two move to B and C when it dies; B and C each get
-    // an SSE client of both topics, and B a long poll of the stream topic.
+    // an SSE client of both topics, B a long poll and C a WebSocket of the stream topic (both
+    // from the victim's stream client's first cursor, which the shared history replays).
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
-    let long_poll_from = first_stream.1.last_id().unwrap().to_string();
+    let first_stream_cursor = first_stream.1.last_id().unwrap().to_string();
     let (client, trace, arrived) = first_poll;
     readers.push(spawn_sse_reader(
         client,
@@ -254,11 +268,23 @@ async fn kill_9_of_the_lease_holder_hands_over_within_the_ttl_with_nothing_lost(
             ));
         }
     }
+    let websocket = tokio::spawn({
+        let stop = stop.clone();
+        let from = first_stream_cursor.clone();
+        async move {
+            let mut trace = Trace::new("stream WebSocket on survivor c");
+            let mut client =
+                WsClient::connect(c_port, &format!("{STREAM_PATH}?cursor={from}"), None, &[]).await;
+            assert_eq!(client.status, 101, "WebSocket upgrade on c");
+            read_ws(&mut client, &mut trace, |_| stop.load(Ordering::SeqCst)).await;
+            trace
+        }
+    });
     let long_poll = tokio::spawn({
         let stop = stop.clone();
         async move {
             let mut trace = Trace::new("stream long poll on survivor b");
-            read_long_poll(b_port, STREAM_PATH, long_poll_from, &mut trace, |_| {
+            read_long_poll(b_port, STREAM_PATH, first_stream_cursor, &mut trace, |_| {
                 stop.load(Ordering::SeqCst)
             })
             .await;
@@ -305,6 +331,10 @@ async fn kill_9_of_the_lease_holder_hands_over_within_the_ttl_with_nothing_lost(
     let long_poll = tokio::time::timeout(WAIT, long_poll)
         .await
         .expect("long poll stops")
+        .unwrap();
+    let websocket = tokio::time::timeout(WAIT, websocket)
+        .await
+        .expect("WebSocket stops")
         .unwrap();
     let split = killed_at + SPLIT_AFTER_KILL;
     eprintln!(
@@ -375,8 +405,13 @@ async fn kill_9_of_the_lease_holder_hands_over_within_the_ttl_with_nothing_lost(
             }
         }
     }
-    if let Err(fault) = long_poll.check_contiguous() {
-        faults.push(fault);
+    for trace in [&long_poll, &websocket] {
+        if let Err(fault) = trace.check_contiguous() {
+            faults.push(fault);
+        }
+        if trace.last_n() <= stream_last_before {
+            faults.push(format!("{}: nothing after the takeover", trace.what));
+        }
     }
 
     // At most one extra request: between the first number every survivor's poll client saw
