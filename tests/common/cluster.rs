@@ -241,6 +241,15 @@ impl Cluster {
         holders
     }
 
+    /// The id of the instance holding the lease of one topic instance (its key id
+    /// `name/param…`, e.g. `prices/A` or `ticks`; see `src/cluster/keys.rs`), if any.
+    pub fn lease_holder(&self, topic_instance: &str) -> Option<String> {
+        let key = format!("{}:{{{topic_instance}}}:lease", self.key_prefix);
+        let value = self.redis.cli(&["--raw", "GET", &key]);
+        let value = value.trim();
+        (!value.is_empty()).then(|| value.split(':').next().unwrap_or(value).to_string())
+    }
+
     /// The last `lines` lines of every instance's log and of Redis's, for a failure message.
     pub fn logs(&self, lines: usize) -> String {
         let mut all = String::new();

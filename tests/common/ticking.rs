@@ -3,7 +3,9 @@
 //! `Last-Event-ID: k` first gets `k+1..=now`, then each new event as it appears; without one it
 //! starts at the next event. It counts connections and how many are open at once (the cluster
 //! tests assert one stream cluster-wide). Written on a raw socket because the shared
-//! `TestBackend` answers whole bodies only.
+//! `TestBackend` answers whole bodies only. Paths under [`COUNTER_PREFIX`] answer a counting
+//! poll instead, so one backend (a cluster's instances share one `base_url`) can feed a poll
+//! topic and a stream topic.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,11 +17,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// `GET /count/<anything>` answers `{"n":<requests seen on that path, this one included>}`
+/// with no validators (every poll is a change, like `Behaviour::Counter`) and closes.
+pub const COUNTER_PREFIX: &str = "/count/";
+
 #[derive(Default)]
 struct Counters {
     connections: AtomicUsize,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    /// Requests per counter path.
+    polls: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub struct TickingStream {
@@ -82,6 +90,17 @@ impl TickingStream {
     pub fn resumes(&self) -> Vec<Option<u64>> {
         self.resumes.lock().unwrap().clone()
     }
+
+    /// Requests seen so far on a [`COUNTER_PREFIX`] path.
+    pub fn hit_count(&self, path: &str) -> u64 {
+        self.counters
+            .polls
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for TickingStream {
@@ -123,6 +142,23 @@ async fn serve(
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    if path.starts_with(COUNTER_PREFIX) {
+        let n = {
+            let mut polls = counters.polls.lock().unwrap();
+            let n = polls.entry(path).or_default();
+            *n += 1;
+            *n
+        };
+        let body = format!("{{\"n\":{n}}}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        return;
+    }
     let last_event_id = head.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.trim()
