@@ -165,6 +165,70 @@ async fn an_aof_redis_restart_changes_the_epoch_once_and_never_reuses_a_cursor()
     a_redis_restart_costs_at_most_one_reset(redis).await;
 }
 
+/// §8.8 for a poll topic whose backend does not change: the AOF brings back the holder's
+/// lease and the stored content hash, but `run_id` changed, so the history starts a new
+/// epoch, empty. The holder starts its poller over (and a new holder ignores the old meta),
+/// so the unchanged state is published into the new epoch: a client arriving after the
+/// restart, on any instance, gets it at once in the new epoch. (Without that it got nothing
+/// until the backend changed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aof_redis_restart_republishes_an_unchanged_poll_state_into_the_new_epoch() {
+    const STATE_TOPIC: &str = r#"
+[[topic]]
+name = "prices"
+path = "/prices/{symbol}"
+source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
+"#;
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start().await;
+    backend.set("/prices/S", Behaviour::Json(r#"{"n":7}"#.into()));
+    let redis = RedisServer::start_persistent().await;
+    let mut cluster = Cluster::start_on(redis, 3, backend.port, "", STATE_TOPIC).await;
+    let first_event = |port: u16| async move {
+        let mut client = SseClient::connect(port, "/prices/S", &[]).await;
+        let event = tokio::time::timeout(Duration::from_secs(2), client.next_event())
+            .await
+            .ok()
+            .flatten()?;
+        Some((event.id.unwrap_or_default(), event.data.unwrap_or_default()))
+    };
+    // Held on every instance, so each one follows (and one polls).
+    let mut holders = Vec::new();
+    for instance in &cluster.instances {
+        holders.push(SseClient::connect(instance.port(), "/prices/S", &[]).await);
+    }
+    let (before, data) = first_event(cluster.a().port())
+        .await
+        .expect("the state before the restart");
+    assert!(data.contains("\"n\":7"), "{data}");
+    let epoch_before = split_cursor(&before).0.to_string();
+    eventually("the lease is held", || !cluster.lease_holders().is_empty()).await;
+    cluster.redis.restart().await;
+    let mut faults = Vec::new();
+    for instance in &cluster.instances {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match first_event(instance.port()).await {
+                Some((id, data)) if split_cursor(&id).0 != epoch_before => {
+                    if !data.contains("\"n\":7") {
+                        faults.push(format!("{}: {data} in the new epoch", instance.id));
+                    }
+                    break;
+                }
+                got => {
+                    if tokio::time::Instant::now() >= deadline {
+                        faults.push(format!("{}: no state in a new epoch, last {got:?}", instance.id));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    assert!(faults.is_empty(), "{faults:#?}\n{}", cluster.logs(40));
+    drop(holders);
+}
+
 async fn a_redis_restart_costs_at_most_one_reset(redis: RedisServer) {
     let _serial = SERIAL.lock().await;
     let backend = TestBackend::start().await;

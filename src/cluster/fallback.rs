@@ -116,6 +116,11 @@ impl LastHeldSlot {
         self.lock().continuity = continuity.clone();
     }
 
+    /// What the holder last published (or started from).
+    pub fn continuity(&self) -> Continuity {
+        self.lock().continuity.clone()
+    }
+
     pub fn hold_ended(&self) {
         self.lock().ended = Some(Instant::now());
     }

@@ -190,23 +190,45 @@ impl LeasedSource {
             last_held: self.last_held.clone(),
         });
         self.last_held.published(&continuity);
-        let start = SourceStart {
-            sink,
-            resume: continuity,
-            on_timer: true,
-        };
-        let task = self
-            .launcher
-            .spawn_source(self.topic.clone(), lost.clone(), start);
-        tokio::select! {
-            _ = lost.cancelled() => {}
-            // Renewals fail long before this; it only bounds a hold on a Redis that answers
-            // renewals but nothing else.
-            _ = health.wait_for(|degraded| *degraded) => lost.cancel(),
-        }
-        if let Some(task) = task {
-            // The source ends at its next await point once `lost` fires.
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let mut epochs = self.topic.watch_shared_epoch();
+        epochs.borrow_and_update();
+        let mut resume = continuity;
+        loop {
+            let run = lost.child_token();
+            let start = SourceStart {
+                sink: sink.clone(),
+                resume,
+                on_timer: true,
+            };
+            let task = self.launcher.spawn_source(self.topic.clone(), run.clone(), start);
+            let start_over = tokio::select! {
+                _ = lost.cancelled() => false,
+                // Renewals fail long before this; it only bounds a hold on a Redis that
+                // answers renewals but nothing else.
+                _ = health.wait_for(|degraded| *degraded) => {
+                    lost.cancel();
+                    false
+                }
+                // Redis lost the history (a restart, even with its AOF and this lease in it):
+                // the new epoch starts empty, and a poller that goes on with its last content
+                // hash would find the backend "unchanged" and never give it the current state.
+                changed = epochs.changed() => changed.is_ok(),
+            };
+            run.cancel();
+            if let Some(task) = task {
+                // The source ends at its next await point once `run` fires.
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            if !start_over || lost.is_cancelled() {
+                break;
+            }
+            tracing::info!(topic = %self.topic.key(), "the shared history has a new epoch; the source starts over to publish the current state into it");
+            // The backend stream goes on from the last event published (its clients were told
+            // `reset`); a poll forgets what it saw.
+            resume = Continuity {
+                last_event_id: self.last_held.continuity().last_event_id,
+                ..Continuity::default()
+            };
         }
         self.cluster.leases.remove(&self.keys.lease);
         self.last_held.hold_ended();

@@ -121,6 +121,8 @@ pub struct Topic {
     pinned: std::sync::atomic::AtomicBool,
     /// `false` until a clustered instance has loaded the shared history.
     synced: tokio::sync::watch::Sender<bool>,
+    /// The epoch of the shared log the history follows; changes on a restart onto another.
+    shared_epoch: tokio::sync::watch::Sender<Option<Epoch>>,
     pub counters: TopicCounters,
 }
 
@@ -145,6 +147,7 @@ impl Topic {
             demand: tokio::sync::watch::Sender::new(0),
             pinned: std::sync::atomic::AtomicBool::new(false),
             synced: tokio::sync::watch::Sender::new(true),
+            shared_epoch: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -243,6 +246,15 @@ impl Topic {
                 queue.close(CloseReason::TopicClosed);
             }
         }
+        drop(state);
+        self.shared_epoch
+            .send_if_modified(|current| current.replace(epoch) != Some(epoch));
+    }
+
+    /// Follows the epoch of the shared log (`None` before the first sync): a cluster's lease
+    /// holder starts its source over when it changes, so the new epoch gets the current state.
+    pub fn watch_shared_epoch(&self) -> tokio::sync::watch::Receiver<Option<Epoch>> {
+        self.shared_epoch.subscribe()
     }
 
     /// Serves this instance alone from now on, under a new epoch of its own, without ending

@@ -163,6 +163,23 @@ async fn a_shared_log_assigns_cursors_and_a_restart_ends_subscribers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restart_onto_another_shared_epoch_is_announced_once() {
+    let topic = topic(Mode::State);
+    let mut epochs = topic.watch_shared_epoch();
+    assert_eq!(*epochs.borrow_and_update(), None);
+    let first = Epoch::from_raw(36u64.pow(6) + 1);
+    topic.restart_history(first, 3, vec![], false);
+    assert!(epochs.has_changed().unwrap());
+    assert_eq!(*epochs.borrow_and_update(), Some(first));
+    // The same epoch again (a catch-up that had to start over): no change to announce.
+    topic.restart_history(first, 5, vec![], true);
+    assert!(!epochs.has_changed().unwrap());
+    let second = Epoch::from_raw(36u64.pow(6) + 2);
+    topic.restart_history(second, 0, vec![], true);
+    assert_eq!(*epochs.borrow_and_update(), Some(second));
+}
+
+#[tokio::test(start_paused = true)]
 async fn serving_alone_keeps_subscribers_and_a_diverged_rejoin_ends_them() {
     let topic = topic(Mode::Events);
     let shared = Epoch::from_raw(36u64.pow(6) + 5);
