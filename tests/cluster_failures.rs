@@ -26,8 +26,9 @@ history_max_messages = 5000
 source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
 "#;
 
-/// §8.5: `CLIENT KILL TYPE pubsub` every 100 ms while A publishes at 200 msg/s: subscribers on
-/// B and C still get every message once, in order (each cut is repaired from the stream).
+/// §8.5: `CLIENT KILL TYPE pubsub` every 200 ms for 5 s while A publishes at 200 msg/s:
+/// subscribers on A, B and C still get every message once, in order (each cut is repaired
+/// from the stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_connections_cut_in_a_loop_lose_nothing() {
     let _serial = SERIAL.lock().await;
@@ -39,17 +40,17 @@ async fn pubsub_connections_cut_in_a_loop_lose_nothing() {
         .unwrap()
         .to_string();
     let mut subscribers = Vec::new();
-    for instance in &cluster.instances[1..] {
+    for instance in &cluster.instances {
         let client = SseClient::connect(instance.port(), path, &[("Last-Event-ID", start.as_str())]).await;
         subscribers.push((client, Trace::new(&format!("subscriber on {}", instance.id))));
     }
-    const LAST: u64 = 500;
+    const LAST: u64 = 1000;
     let publisher = Publisher::start(cluster.a().admin_port(), path, 1, LAST, Duration::from_millis(5));
     let mut cuts = 0usize;
     while publisher.published() < LAST {
         let killed = cluster.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
         cuts += killed.trim().parse::<usize>().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cursors = publisher.finish().await;
     assert!(cuts > 0, "the loop cut some Pub/Sub connections");
@@ -84,26 +85,46 @@ async fn a_paused_poll_holder_is_replaced_and_fenced() {
         read_sse(&mut client, &mut trace, |t| !t.got.is_empty()).await;
         clients.push((instance.id.clone(), client, trace));
     }
-    let holders = cluster.lease_holders();
-    assert_eq!(
-        holders.len(),
-        1,
-        "one lease for the one poll topic instance: {holders:?}"
-    );
-    let holder = cluster.instances.iter().find(|i| i.id == holders[0]).unwrap();
-
-    holder.signal("STOP");
-    let paused_at = backend.hit_count("/prices/P");
-    tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
-    let polled_while_paused = backend.hit_count("/prices/P") - paused_at;
-    holder.signal("CONT");
-    assert!(
-        polled_while_paused > 0,
-        "a standby took over while {} was paused",
-        holder.id
-    );
+    // Whether the woken holder still tries to publish depends on which of its tasks runs
+    // first after SIGCONT (a poll about to publish, or the renewal that sees the local
+    // deadline passed and stops it): ≈ 3 in 4 pauses end in a fenced publish. Pausing the
+    // current holder again until one does (at most 4 times) makes the fence observable.
+    let mut fenced = 0.0;
+    let mut pauses = Vec::new();
+    while fenced == 0.0 && pauses.len() < 4 {
+        let holders = cluster.lease_holders();
+        assert_eq!(
+            holders.len(),
+            1,
+            "one lease for the one poll topic instance: {holders:?}"
+        );
+        let holder = cluster.instances.iter().find(|i| i.id == holders[0]).unwrap();
+        holder.signal("STOP");
+        let paused_at = backend.hit_count("/prices/P");
+        tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
+        let polled_while_paused = backend.hit_count("/prices/P") - paused_at;
+        holder.signal("CONT");
+        assert!(
+            polled_while_paused > 0,
+            "a standby took over while {} was paused",
+            holder.id
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fenced = 0.0;
+        for instance in &cluster.instances {
+            fenced += metric(
+                instance.admin_port(),
+                "sidestream_cluster_fenced_publishes_total",
+                &[],
+            )
+            .await;
+        }
+        pauses.push(format!(
+            "{} ({polled_while_paused} polls while paused)",
+            holder.id
+        ));
+    }
     // After the wake-up: one poller again (2 s window: 10 slots, ± 2 as in tests/cluster.rs).
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = backend.hit_count("/prices/P");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = backend.hit_count("/prices/P");
@@ -131,21 +152,11 @@ async fn a_paused_poll_holder_is_replaced_and_fenced() {
             faults.push(format!("{}: {:?}", trace.what, trace.unexpected));
         }
     }
-    let fenced = metric(
-        holder.admin_port(),
-        "sidestream_cluster_fenced_publishes_total",
-        &[],
-    )
-    .await;
-    eprintln!(
-        "paused {}: {polled_while_paused} polls while paused, {polls} after, {fenced} fenced",
-        holder.id
-    );
+    eprintln!("paused {pauses:?}, {polls} polls after, {fenced} fenced");
     assert!(
-        faults.is_empty() && (8..=12).contains(&polls),
-        "paused {}: {polled_while_paused} polls while paused, {polls} in the 2 s after (8..=12), \
-         {fenced} fenced publishes on it: {faults:#?}",
-        holder.id
+        faults.is_empty() && (8..=12).contains(&polls) && fenced > 0.0,
+        "paused {pauses:?}; {polls} polls in the 2 s after (8..=12), {fenced} fenced publishes \
+         (want > 0): {faults:#?}"
     );
 }
 
@@ -423,7 +434,29 @@ async fn a_stalled_redis_stops_the_poller_before_anyone_else_can_take_over() {
     // by 2.2 s into the stall the holder has stopped. From then until Redis wakes, no polls.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let quiet_from = backend.hit_count("/prices/D");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stalled_from = std::time::Instant::now();
+    // A stalled Redis slows publishing, never the clients: a client resuming on any instance
+    // is served what it missed from the local history while Redis still sleeps.
+    let resume_from = clients[0].1.got[0].id.clone();
+    for instance in &cluster.instances {
+        let mut late = SseClient::connect(
+            instance.port(),
+            "/prices/D",
+            &[("Last-Event-ID", resume_from.as_str())],
+        )
+        .await;
+        let first = tokio::time::timeout(Duration::from_millis(800), late.next_event()).await;
+        assert!(
+            matches!(&first, Ok(Some(event)) if event.data.as_deref().is_some_and(|d| d.contains("\"n\""))),
+            "{}: a client resuming while Redis is stalled is served at once: {first:?}",
+            instance.id
+        );
+    }
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "those clients were served during the stall"
+    );
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(stalled_from.elapsed())).await;
     let polled_while_stalled = backend.hit_count("/prices/D") - quiet_from;
     let deadline = std::time::Instant::now() + WAIT;
     while sleeper.try_wait().unwrap().is_none() {
