@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Cluster, PUSH_TOPIC, STREAM_TOPIC};
+use common::cluster::{Cluster, POLL_TOPIC, PUSH_TOPIC, STREAM_TOPIC};
 use common::ticking::TickingStream;
 use common::trace::*;
 use common::ws::WsClient;
@@ -17,13 +17,6 @@ use common::*;
 /// One cluster at a time: each is four processes on a 2-core machine, and the poll count
 /// below must not suffer from a neighbour's load.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const POLL_TOPIC: &str = r#"
-[[topic]]
-name = "prices"
-path = "/prices/{symbol}"
-source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
-"#;
 
 /// The SSE cursor of each number, from a client's trace.
 fn ids_by_number(trace: &Trace) -> std::collections::HashMap<u64, String> {

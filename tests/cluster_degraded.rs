@@ -12,17 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, LEASE_TTL_MS, PUSH_TOPIC};
+use common::cluster::{Cluster, LEASE_TTL_MS, POLL_TOPIC, PUSH_TOPIC};
 use common::redis::RedisServer;
 use common::trace::*;
 use common::*;
-
-const POLL_TOPIC: &str = r#"
-[[topic]]
-name = "prices"
-path = "/prices/{symbol}"
-source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
-"#;
 
 const FALLBACK_AFTER_MS: u64 = 2000;
 const OUTAGE: Duration = Duration::from_secs(30);

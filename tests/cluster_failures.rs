@@ -185,17 +185,11 @@ async fn an_aof_redis_restart_changes_the_epoch_once_and_never_reuses_a_cursor()
 /// until the backend changed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aof_redis_restart_republishes_an_unchanged_poll_state_into_the_new_epoch() {
-    const STATE_TOPIC: &str = r#"
-[[topic]]
-name = "prices"
-path = "/prices/{symbol}"
-source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
-"#;
     let _serial = SERIAL.lock().await;
     let backend = TestBackend::start().await;
     backend.set("/prices/S", Behaviour::Json(r#"{"n":7}"#.into()));
     let redis = RedisServer::start_persistent().await;
-    let mut cluster = Cluster::start_on(redis, 3, backend.port, "", STATE_TOPIC).await;
+    let mut cluster = Cluster::start_on(redis, 3, backend.port, "", common::cluster::POLL_TOPIC).await;
     let first_event = |port: u16| async move {
         let mut client = SseClient::connect(port, "/prices/S", &[]).await;
         let event = tokio::time::timeout(Duration::from_secs(2), client.next_event())

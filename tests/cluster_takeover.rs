@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use common::cluster::{Cluster, LEASE_RENEW_MS, LEASE_TTL_MS};
+use common::cluster::{Cluster, LEASE_RENEW_MS, LEASE_TTL_MS, STREAM_TOPIC};
 use common::ticking::TickingStream;
 use common::trace::*;
 use common::ws::WsClient;
@@ -33,18 +33,6 @@ const POLL_TOPIC: &str = r#"
 name = "prices"
 path = "/prices/{symbol}"
 source.poll = { url = "/count/{symbol}", interval_ms = 200, jitter_ms = 0 }
-"#;
-/// `common::cluster::STREAM_TOPIC` with the JSON WebSocket envelope (which carries the
-/// cursors), so a WebSocket client can be checked too.
-const STREAM_TOPIC: &str = r#"
-[[topic]]
-name = "ticks"
-path = "/ticks"
-mode = "events"
-source.stream = { url = "/ticks-source" }
-queue_max_messages = 5000
-history_max_messages = 5000
-websocket = { envelope = "json" }
 "#;
 const POLL_PATH: &str = "/prices/A";
 const COUNTER_PATH: &str = "/count/A";

@@ -305,7 +305,8 @@ history_max_messages = 5000
 websocket = { envelope = "json" }
 "#;
 
-/// An event topic fed by the backend stream `/ticks-source` (a `TickingStream`).
+/// An event topic fed by the backend stream `/ticks-source` (a `TickingStream`), with the
+/// JSON WebSocket envelope (which carries the cursors).
 pub const STREAM_TOPIC: &str = r#"
 [[topic]]
 name = "ticks"
@@ -314,4 +315,13 @@ mode = "events"
 source.stream = { url = "/ticks-source" }
 queue_max_messages = 5000
 history_max_messages = 5000
+websocket = { envelope = "json" }
+"#;
+
+/// A state topic polled every 200 ms (no jitter) at the backend's `/prices/{symbol}`.
+pub const POLL_TOPIC: &str = r#"
+[[topic]]
+name = "prices"
+path = "/prices/{symbol}"
+source.poll = { url = "/prices/{symbol}", interval_ms = 200, jitter_ms = 0 }
 "#;
