@@ -71,9 +71,7 @@ impl Routes {
                 tracing::warn!(
                     "the Redis Pub/Sub connection dropped; followers will catch up from the streams"
                 );
-                for route in self.0.read().unwrap_or_else(PoisonError::into_inner).values() {
-                    route.dirty.mark();
-                }
+                self.mark_all_dirty();
             }
             PushKind::Subscribe | PushKind::SSubscribe => {
                 METRICS
@@ -82,6 +80,15 @@ impl Routes {
                     .set(1);
             }
             _ => {}
+        }
+    }
+}
+
+impl Routes {
+    /// Every follower catches up from its stream (something may have been missed).
+    pub fn mark_all_dirty(&self) {
+        for route in self.0.read().unwrap_or_else(PoisonError::into_inner).values() {
+            route.dirty.mark();
         }
     }
 }

@@ -59,6 +59,7 @@ pub async fn watch_redis(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = cluster.settings.redis_timeout;
     let mut last_answer = Instant::now();
+    let mut pubsub_answered = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -72,11 +73,20 @@ pub async fn watch_redis(cluster: Arc<Cluster>, shutdown: CancellationToken) {
             // channels resubscribed) while no other call is made on it.
             tokio::time::timeout(deadline, cluster.bus.ping()),
         );
-        if !matches!(pubsub, Ok(Ok(()))) {
-            tracing::debug!("the Redis Pub/Sub connection does not answer a ping");
-        }
         let now = Instant::now();
-        if matches!(commands, Ok(Ok(()))) {
+        let commands_answered = matches!(commands, Ok(Ok(())));
+        let answered = matches!(pubsub, Ok(Ok(())));
+        if !answered {
+            tracing::debug!("the Redis Pub/Sub connection does not answer a ping");
+            // Redis answers, its Pub/Sub connection does not: messages may be stuck or lost
+            // without any disconnection to say so. Every follower catches up from the streams
+            // now (once per spell), not only at its periodic check.
+            if pubsub_answered && commands_answered {
+                cluster.bus.routes.mark_all_dirty();
+            }
+        }
+        pubsub_answered = answered;
+        if commands_answered {
             last_answer = now;
             if cluster.health.set(false) {
                 METRICS.cluster_degraded.set(0);

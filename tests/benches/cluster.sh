@@ -12,8 +12,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SHARED=${SIDESTREAM_SHARED:-../shared}
-[ -d "$SHARED/bench" ] || SHARED=/work/shared
 BENCH="$SHARED/bench"
+if [ ! -d "$BENCH/fanbench" ]; then
+  echo "cluster.sh: fanbench not found at $BENCH/fanbench; put the team's tools at ../shared or set SIDESTREAM_SHARED" >&2
+  exit 2
+fi
 OUT=${1:-/tmp/sidestream-cluster.jsonl}
 LOGDIR=${LOGDIR:-/tmp/sidestream-cluster-logs}
 N=${N:-1000} M=${M:-3000} RATE=${RATE:-100} KIND=${KIND:-sse}
