@@ -26,6 +26,9 @@ use crate::upstream::poll::content_hash;
 use crate::upstream::sink::{Continuity, Sink, SinkError};
 use crate::upstream::SourceStart;
 
+/// While the Pub/Sub connection is silent but Redis answers, followers catch up this often.
+const PUBSUB_SILENT_REPAIR: Duration = Duration::from_secs(5);
+
 /// `true` while degraded. One per sidecar; followers and leased sources watch it.
 pub struct Health(watch::Sender<bool>);
 
@@ -59,7 +62,9 @@ pub async fn watch_redis(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = cluster.settings.redis_timeout;
     let mut last_answer = Instant::now();
-    let mut pubsub_answered = true;
+    // While the Pub/Sub connection is silent and Redis is not: when followers were last told
+    // to catch up.
+    let mut pubsub_repaired_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -76,16 +81,23 @@ pub async fn watch_redis(cluster: Arc<Cluster>, shutdown: CancellationToken) {
         let now = Instant::now();
         let commands_answered = matches!(commands, Ok(Ok(())));
         let answered = matches!(pubsub, Ok(Ok(())));
-        if !answered {
-            tracing::debug!("the Redis Pub/Sub connection does not answer a ping");
+        if answered {
+            pubsub_repaired_at = None;
+        } else if commands_answered {
             // Redis answers, its Pub/Sub connection does not: messages may be stuck or lost
             // without any disconnection to say so. Every follower catches up from the streams
-            // now (once per spell), not only at its periodic check.
-            if pubsub_answered && commands_answered {
+            // at once and every PUBSUB_SILENT_REPAIR while it lasts, not only at its periodic
+            // check.
+            let due =
+                pubsub_repaired_at.is_none_or(|since| now.duration_since(since) >= PUBSUB_SILENT_REPAIR);
+            if due {
+                if pubsub_repaired_at.is_none() {
+                    tracing::warn!("the Redis Pub/Sub connection does not answer while Redis does; followers catch up from the streams");
+                }
+                pubsub_repaired_at = Some(now);
                 cluster.bus.routes.mark_all_dirty();
             }
         }
-        pubsub_answered = answered;
         if commands_answered {
             last_answer = now;
             if cluster.health.set(false) {
