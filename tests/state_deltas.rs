@@ -24,6 +24,8 @@ source.push = {}
 mode = "state"
 deltas = true
 history_max_messages = 8
+# Bursts of up to 3 overflow it: conflated clients skip states and must get the full one.
+queue_max_messages = 2
 websocket = { envelope = "json" }
 
 [[topic]]
