@@ -318,3 +318,107 @@ deltas = true
         "the delta client received {delta} bytes, the full-state client {full}"
     );
 }
+
+/// The long-poll and WebSocket helpers with `deltas: true`: each keeps the document from the
+/// patches it receives (and says so in `document`), ending equal to the latest state.
+#[tokio::test]
+async fn the_long_poll_and_websocket_helpers_apply_patches() {
+    let websocket = std::process::Command::new("node")
+        .args([
+            "--experimental-websocket",
+            "-e",
+            "if (typeof WebSocket !== 'function') process.exit(1)",
+        ])
+        .status()
+        .is_ok_and(|status| status.success());
+    const DOC_TOPIC: &str = r#"
+[[topic]]
+name = "doc"
+path = "/doc"
+source.push = {}
+mode = "state"
+deltas = true
+websocket = { envelope = "json" }
+"#;
+    let backend = TestBackend::start().await;
+    let sidecar = TestSidecar::start(backend.port, "", DOC_TOPIC).await;
+    let bearer = format!("Bearer {PUBLISH_TOKEN}");
+    let publish = |document: serde_json::Value| {
+        let bearer = bearer.clone();
+        let admin = sidecar.admin_port;
+        async move {
+            let reply = request(
+                admin,
+                "POST",
+                "/publish/doc",
+                &[("Authorization", &bearer), ("Content-Type", "application/json")],
+                &document.to_string(),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            answer["cursor"].as_str().unwrap().to_string()
+        }
+    };
+    let mut document = serde_json::json!({"rows": (0..100).map(|n| serde_json::json!({"n": n, "v": 0})).collect::<Vec<_>>()});
+    publish(document.clone()).await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let port = sidecar.port;
+    let script = format!(
+        "const {{ sidestreamLongPoll }} = require('{examples}/long_poll_client.js');
+         const {{ sidestreamWebSocket }} = require('{examples}/websocket_client.js');
+         const print = (via, id, doc) => console.log(JSON.stringify({{ via, id, doc }}));
+         const poll = sidestreamLongPoll('http://127.0.0.1:{port}/doc', {{
+           deltas: true, waitSeconds: 5,
+           onMessage: (m) => print('long_poll', m.id, poll.document),
+         }});
+         if ({websocket}) {{
+           const ws = sidestreamWebSocket('/doc', {{
+             base: 'http://127.0.0.1:{port}/', deltas: true,
+             onMessage: (m) => print('websocket', m.id, ws.document),
+           }});
+         }}
+         setTimeout(() => process.exit(3), 20000);"
+    );
+    let mut args = vec!["--no-warnings", "-e", &script];
+    if websocket {
+        args.insert(0, "--experimental-websocket");
+    }
+    let mut child = Command::new("node")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed");
+    let mut reader = output(&mut child);
+    let topic = sidecar.registry.get(&TopicKey::new("doc", vec![])).unwrap();
+    let clients = if websocket { 2 } else { 1 };
+    eventually("the helpers are subscribed", || {
+        topic.subscriber_count() == clients
+    })
+    .await;
+    let mut last = String::new();
+    for n in 0..10 {
+        document["rows"][n * 7]["v"] = serde_json::json!(n + 1);
+        last = publish(document.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < clients {
+        let line = lines(&mut reader, 1).await.remove(0);
+        if line["id"] == last.as_str() {
+            assert_eq!(line["doc"], document, "{}", line["via"]);
+            done.insert(line["via"].as_str().unwrap().to_string());
+        }
+    }
+    let patched = metric(
+        sidecar.admin_port,
+        "sidestream_delta_patch_bytes_total",
+        &[("topic", "doc")],
+    )
+    .await;
+    assert!(patched > 0.0, "the helpers were sent patches");
+    if !websocket {
+        eprintln!("SKIPPED the WebSocket half: this Node has no WebSocket client");
+    }
+}
