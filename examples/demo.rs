@@ -30,6 +30,8 @@ const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const PAGE: &str = include_str!("demo_page.html");
 const LONG_POLL_CLIENT: &str = include_str!("long_poll_client.js");
 const WEBSOCKET_CLIENT: &str = include_str!("websocket_client.js");
+const SSE_CLIENT: &str = include_str!("sse_client.js");
+const JSON_PATCH: &str = include_str!("json_patch.js");
 const BACKEND: &str = "127.0.0.1:3000";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -177,6 +179,9 @@ fn respond(status: u16, content_type: &str, etag: Option<&str>, body: String) ->
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// Rows of the demo's `/board` resource.
+const BOARD_ROWS: u64 = 300;
+
 /// The backend knows nothing of push: every resource is a plain GET with an ETag.
 fn route(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
@@ -217,10 +222,27 @@ fn route(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
             );
             conditional(format!("\"t{trade}\""), body)
         }
+        // 300 rows, one of which changes every second; `generated_at` changes on every
+        // response (the topic's `ignore_fields`), and there is no ETag: only sidestream's
+        // change detection tells a real change from a new timestamp.
+        "/board" => {
+            let tick = u64::try_from(now_millis() / 1000).unwrap_or(0);
+            let rows: Vec<serde_json::Value> = (0..BOARD_ROWS)
+                .map(|n| {
+                    // The last second at which this row was the one that changed.
+                    let changed = tick - (tick + BOARD_ROWS - n) % BOARD_ROWS;
+                    serde_json::json!({"id": n, "name": format!("row {n}"), "value": noise((n, changed)) % 1000})
+                })
+                .collect();
+            let body = serde_json::json!({"generated_at": now_millis() as u64, "rows": rows});
+            respond(200, "application/json", None, body.to_string())
+        }
         "/orders" => respond(201, "application/json", None, "{\"accepted\":true}".into()),
         "/" | "/index.html" => respond(200, "text/html; charset=utf-8", None, PAGE.into()),
         "/long_poll_client.js" => respond(200, "text/javascript", None, LONG_POLL_CLIENT.into()),
         "/websocket_client.js" => respond(200, "text/javascript", None, WEBSOCKET_CLIENT.into()),
+        "/sse_client.js" => respond(200, "text/javascript", None, SSE_CLIENT.into()),
+        "/json_patch.js" => respond(200, "text/javascript", None, JSON_PATCH.into()),
         _ => respond(404, "text/plain", None, "not found\n".into()),
     }
 }

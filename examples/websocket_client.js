@@ -12,8 +12,16 @@
 //   envelope messages carry no cursor, so a reconnect starts from the latest state.
 // - Drops duplicates by cursor (a message whose seq is not after the last one seen within
 //   the same epoch), so a replay that overlaps what was already shown is harmless.
+// - `deltas: true` (JSON envelope, a state topic with `deltas = true`): asks for
+//   `?delta=json-patch`; `{id, event, patch}` messages are applied to the document it holds
+//   (needs examples/json_patch.js), `ws.document` is the current one, and each message's
+//   `data` is the whole current document either way.
 (function (root) {
   "use strict";
+
+  const patches =
+    root.sidestreamJsonPatch ||
+    (typeof require === "function" ? require("./json_patch.js") : null);
 
   function parseCursor(id) {
     const dash = typeof id === "string" ? id.lastIndexOf("-") : -1;
@@ -28,6 +36,7 @@
     const onStatus = opts.onStatus || function () {};
     const WebSocketImpl = opts.WebSocket || root.WebSocket;
     let cursor = opts.cursor || null;
+    let document;
     let socket = null;
     let failures = 0;
     let closedByUser = false;
@@ -39,6 +48,7 @@
       const target = new URL(path, base);
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
       if (cursor) target.searchParams.set("cursor", cursor);
+      if (opts.deltas) target.searchParams.set("delta", "json-patch");
       return target.toString();
     }
 
@@ -58,9 +68,22 @@
             onReset(parsed);
             return;
           }
-          if (parsed && typeof parsed.id === "string" && "data" in parsed) {
+          if (parsed && typeof parsed.id === "string" && "patch" in parsed) {
+            if (isDuplicate(parsed.id)) return;
+            try {
+              document = patches.applyJsonPatch(document, parsed.patch);
+            } catch (_) {
+              // Cannot happen unless something broke: reconnect without a cursor (full state).
+              cursor = null;
+              socket.close(4000);
+              return;
+            }
+            cursor = parsed.id;
+            message = { id: parsed.id, event: parsed.event, data: document, patch: parsed.patch };
+          } else if (parsed && typeof parsed.id === "string" && "data" in parsed) {
             if (isDuplicate(parsed.id)) return;
             cursor = parsed.id;
+            document = parsed.data;
             message = parsed;
           }
         } catch (_) {
@@ -104,6 +127,9 @@
       },
       get cursor() {
         return cursor;
+      },
+      get document() {
+        return document;
       },
     };
   }

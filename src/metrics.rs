@@ -38,6 +38,15 @@ pub struct Metrics {
     /// Bytes into and out of the deflater (`direction` = `in`/`out`): the compression ratio.
     pub websocket_deflate_bytes: IntCounterVec,
     pub websocket_inbound_forwarded: IntCounter,
+    /// `deltas = true`: JSON Patches computed, by `kind`: `publish` (once per message, for
+    /// every delta subscriber at once) or `resume` (once per client resuming from history).
+    pub delta_computations: IntCounterVec,
+    /// Computed patches not smaller than their state: the full state went instead.
+    pub delta_full_fallbacks: IntCounterVec,
+    /// Bytes of patches sent to clients (payload bytes, without framing)...
+    pub delta_patch_bytes: IntCounterVec,
+    /// ...and the bytes of the full states they replaced: what those clients would have got.
+    pub delta_replaced_bytes: IntCounterVec,
     /// Requests or connections refused by a `[limits]` entry (or a WebSocket size/rate
     /// limit), by `limit` name.
     pub limit_hits: IntCounterVec,
@@ -220,6 +229,26 @@ impl Metrics {
                 "sidestream_websocket_inbound_forwarded_total",
                 "client WebSocket messages forwarded to the backend",
             ),
+            delta_computations: counter_vec(
+                "sidestream_delta_computations_total",
+                "JSON Patches computed: once per message (publish) or per resuming client (resume)",
+                &["topic", "kind"],
+            ),
+            delta_full_fallbacks: counter_vec(
+                "sidestream_delta_full_fallbacks_total",
+                "JSON Patches not smaller than their state, replaced by the full state",
+                &["topic"],
+            ),
+            delta_patch_bytes: counter_vec(
+                "sidestream_delta_patch_bytes_total",
+                "bytes of JSON Patches sent to clients",
+                &["topic"],
+            ),
+            delta_replaced_bytes: counter_vec(
+                "sidestream_delta_replaced_bytes_total",
+                "bytes of the full states that patches sent to clients replaced",
+                &["topic"],
+            ),
             limit_hits: counter_vec(
                 "sidestream_limit_hits_total",
                 "requests or connections refused by a limit",
@@ -334,6 +363,22 @@ impl crate::hub::HubEvents for Metrics {
 
     fn resumed(&self, topic: &str, outcome: &'static str) {
         self.resumes.with_label_values(&[topic, outcome]).inc();
+    }
+
+    fn delta_computed(&self, topic: &str, kind: &'static str, patch_bytes: usize, document_bytes: usize) {
+        self.delta_computations.with_label_values(&[topic, kind]).inc();
+        if patch_bytes >= document_bytes {
+            self.delta_full_fallbacks.with_label_values(&[topic]).inc();
+        }
+    }
+
+    fn delta_sent(&self, topic: &str, patch_bytes: usize, full_bytes: usize) {
+        self.delta_patch_bytes
+            .with_label_values(&[topic])
+            .inc_by(patch_bytes as u64);
+        self.delta_replaced_bytes
+            .with_label_values(&[topic])
+            .inc_by(full_bytes as u64);
     }
 
     fn deflated(&self, bytes_in: usize, bytes_out: usize) {

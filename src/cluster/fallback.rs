@@ -22,7 +22,7 @@ use super::lease::LeasedSource;
 use super::Cluster;
 use crate::hub::{Epoch, Payload, Topic};
 use crate::metrics::METRICS;
-use crate::upstream::poll::content_hash;
+use crate::upstream::poll::state_hash;
 use crate::upstream::sink::{Continuity, Sink, SinkError};
 use crate::upstream::SourceStart;
 
@@ -204,10 +204,14 @@ impl LeasedSource {
         let mut continuity = self.last_held.recent(recent);
         continuity.etag = None;
         continuity.last_modified = None;
+        let ignore = self
+            .launcher
+            .spec(&self.topic.key().name)
+            .map_or_else(|| Arc::from(Vec::new()), |spec| spec.ignore_fields);
         continuity.content_hash = self
             .topic
             .latest()
-            .map(|message| content_hash(message.content_type.as_deref(), &message.data));
+            .and_then(|message| state_hash(message.content_type.as_deref(), &message.data, &ignore).ok());
         continuity
     }
 }

@@ -88,6 +88,8 @@ with_tunables!(RawTopic {
     forward_headers: Field<Vec<Spanned<String>>>,
     eager: Field<bool>,
     auth: Field<String>,
+    ignore_fields: Field<Vec<Spanned<String>>>,
+    deltas: Field<bool>,
 });
 
 #[derive(Debug, Default, Deserialize)]

@@ -141,6 +141,9 @@ pub struct TopicSpec {
     pub eager: bool,
     /// Who may subscribe; `None` = anyone who can reach the listener.
     pub auth: Option<Arc<AuthSpec>>,
+    /// `ignore_fields`: JSON Pointers a poll's change detection leaves out (a polled JSON
+    /// state only; empty = every byte counts).
+    pub ignore_fields: Arc<[crate::upstream::ignore_fields::FieldPattern]>,
 }
 
 impl TopicSpec {

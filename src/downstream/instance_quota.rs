@@ -224,6 +224,7 @@ mod tests {
                 max_bytes: 1024,
             },
             on_full: OverflowPolicy::Conflate,
+            deltas: false,
             idle_linger: Duration::from_secs(1),
         };
         Topic::new(TopicKey::new("t", vec![n.to_string()]), settings)

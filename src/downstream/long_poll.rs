@@ -49,6 +49,10 @@ pub async fn serve(
         Ok(cursor) => cursor,
         Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
     };
+    let deltas = match super::delta::requested(request, spec.hub.deltas) {
+        Ok(deltas) => deltas,
+        Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
+    };
     let outcome = {
         let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
         hold(session, &topic, cursor, wait, shutdown).await
@@ -77,7 +81,14 @@ pub async fn serve(
             position,
             skipped,
         } => match (mode, messages.last()) {
-            (Mode::State, Some(latest)) => state_response(&topic, latest)?,
+            // A delta client holding a state still in history gets the patch from it.
+            (Mode::State, Some(latest)) => match cursor.filter(|_| deltas && !reset) {
+                Some(base) => match super::delta::long_poll_patch(&topic, base, latest)? {
+                    Some(answer) => answer,
+                    None => state_response(&topic, latest)?,
+                },
+                None => state_response(&topic, latest)?,
+            },
             (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
             (Mode::Events, last) => {
                 let cursor = last.map_or(position, |m| m.cursor);
@@ -209,6 +220,7 @@ mod tests {
                     max_bytes: 1 << 20,
                 },
                 on_full: OverflowPolicy::DropOldest,
+                deltas: false,
                 idle_linger: Duration::from_secs(5),
             },
         )

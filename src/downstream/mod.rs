@@ -5,6 +5,7 @@ pub mod auth;
 pub mod canonical;
 pub mod connection_limit;
 pub mod cors;
+pub mod delta;
 pub mod header_budget;
 pub mod in_flight;
 pub mod instance_quota;

@@ -15,10 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
+use super::delta::{SLOT_SSE_CHUNK, SLOT_SSE_EVENT};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
 use crate::config::TopicSpec;
-use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Subscription, Topic};
+use crate::hub::message::encode_sse_frame;
+use crate::hub::{
+    CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, Message, Mode, Subscribe, Subscription, Topic,
+};
 use crate::metrics::{SubscriberGauge, METRICS};
 
 /// Bytes gathered into one write when several messages are already queued.
@@ -58,8 +62,44 @@ pub async fn lapsed_or_never(expiry: Option<&Expiry>) -> Lapse {
     }
 }
 
+/// `event: patch` with the patch as `data:` and the message's cursor as `id:`. Patches are
+/// always named `patch`, whatever the topic's `event` (full states keep that name), so a
+/// client tells them apart by name alone.
+fn patch_event(cursor: Cursor, patch: &[u8]) -> Bytes {
+    encode_sse_frame(&cursor, Some("patch"), patch)
+}
+
+/// The SSE event of `message` for this client: its patch for a delta client that holds
+/// its base, else the full state's shared frame.
+fn event_of(deltas: Option<&DeltaCursor>, message: &Message) -> Bytes {
+    match deltas.map(|deltas| deltas.step(message)) {
+        Some(DeltaStep::Patch(delta)) => {
+            delta.encoded(SLOT_SSE_EVENT, |delta| patch_event(message.cursor, &delta.patch))
+        }
+        Some(DeltaStep::ResumePatch(patch)) => patch_event(message.cursor, &patch),
+        Some(DeltaStep::Full) | None => message.sse_frame.clone(),
+    }
+}
+
+/// [`event_of`] as one HTTP chunk, shared by every client that gets the same.
+fn chunk_of(deltas: Option<&DeltaCursor>, message: &Message) -> Bytes {
+    match deltas.map(|deltas| deltas.step(message)) {
+        Some(DeltaStep::Patch(delta)) => delta.encoded(SLOT_SSE_CHUNK, |delta| {
+            http_chunk(&patch_event(message.cursor, &delta.patch))
+        }),
+        Some(DeltaStep::ResumePatch(patch)) => http_chunk(&patch_event(message.cursor, &patch)),
+        Some(DeltaStep::Full) | None => message.framed_sse(http_chunk),
+    }
+}
+
 /// Adds one message to a batch, preceded by a gap notice when messages were dropped.
-fn append(batch: &mut BytesMut, message: &Message, skipped: u64, signal_gaps: bool) {
+fn append(
+    batch: &mut BytesMut,
+    message: &Message,
+    skipped: u64,
+    signal_gaps: bool,
+    deltas: Option<&DeltaCursor>,
+) {
     if skipped > 0 && signal_gaps {
         let position = Cursor {
             seq: message.cursor.seq.saturating_sub(1),
@@ -72,7 +112,7 @@ fn append(batch: &mut BytesMut, message: &Message, skipped: u64, signal_gaps: bo
             .as_bytes(),
         );
     }
-    batch.put_slice(&message.sse_frame);
+    batch.put_slice(&event_of(deltas, message));
 }
 
 /// `event: stale` when the upstream starts failing (the last good data keeps being served)
@@ -128,6 +168,10 @@ pub async fn serve(
     if private {
         super::response::make_private(&mut response)?;
     }
+    let deltas = match super::delta::requested(session.req_header(), spec.hub.deltas) {
+        Ok(deltas) => deltas,
+        Err(reason) => return super::response::respond_reason(session, 400, &reason, &[]).await,
+    };
     if session.req_header().method == http::Method::HEAD {
         // The headers a GET would get, and no body (RFC 9110 §9.3.2): the request ends here
         // and the connection stays usable.
@@ -135,12 +179,18 @@ pub async fn serve(
     }
     response.insert_header("Transfer-Encoding", "chunked")?;
     let resume = sse_resume(session.req_header());
+    let (subscribed, deltas) = if deltas {
+        let (subscribed, deltas) = topic.subscribe_deltas(resume);
+        (subscribed, Some(deltas))
+    } else {
+        (topic.subscribe(resume), None)
+    };
     let Subscribe {
         reset,
         backlog,
         subscription,
         ..
-    } = topic.subscribe(resume);
+    } = subscribed;
     session.write_response_header(Box::new(response), false).await?;
 
     let retry_ms = jittered_retry(spec.retry);
@@ -150,7 +200,7 @@ pub async fn serve(
         first.put_slice(&reset_frame(position));
     }
     for message in &backlog {
-        first.put_slice(&message.sse_frame);
+        first.put_slice(&event_of(deltas.as_ref(), message));
     }
     drop(backlog);
 
@@ -169,6 +219,7 @@ pub async fn serve(
         drain_signal: drain.signal.clone(),
         drain_spread: drain.spread,
         expiry,
+        deltas,
         _in_flight: in_flight,
         _connection: connection_limit::hold_connection(),
     };
@@ -190,6 +241,8 @@ struct SseStream {
     drain_signal: CancellationToken,
     drain_spread: Duration,
     expiry: Option<Expiry>,
+    /// `?delta=json-patch`: the state this client holds, which decides patch or full state.
+    deltas: Option<DeltaCursor>,
     /// Keeps a drain waiting for this stream, and the connection counted under the limits.
     _in_flight: InFlightGuard,
     _connection: Option<Arc<ConnectionTicket>>,
@@ -248,15 +301,16 @@ impl SseStream {
                     match self.subscription.try_recv() {
                         None if single => {
                             deliveries.inc();
-                            message.framed_sse(http_chunk)
+                            chunk_of(self.deltas.as_ref(), &message)
                         }
                         first_next => {
                             let mut batch = BytesMut::with_capacity(MAX_BATCH_BYTES);
-                            append(&mut batch, &message, skipped, self.signal_gaps);
+                            let deltas = self.deltas.as_ref();
+                            append(&mut batch, &message, skipped, self.signal_gaps, deltas);
                             let mut count = 1;
                             let mut pending = first_next;
                             while let Some(Delivery::Message { message, skipped }) = pending.take() {
-                                append(&mut batch, &message, skipped, self.signal_gaps);
+                                append(&mut batch, &message, skipped, self.signal_gaps, deltas);
                                 count += 1;
                                 if batch.len() < MAX_BATCH_BYTES {
                                     pending = self.subscription.try_recv();

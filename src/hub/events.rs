@@ -14,6 +14,13 @@ pub trait HubEvents: Send + Sync {
     fn resumed(&self, _topic: &str, _outcome: &'static str) {}
     /// A message was deflated once for every WebSocket client: `bytes_in` → `bytes_out`.
     fn deflated(&self, _bytes_in: usize, _bytes_out: usize) {}
+    /// A JSON Patch was computed for `topic` (`kind`: `publish`, once per message, or
+    /// `resume`, once per resuming client): `patch_bytes` against a `document_bytes` state
+    /// (not smaller: the full state goes instead).
+    fn delta_computed(&self, _topic: &str, _kind: &'static str, _patch_bytes: usize, _document_bytes: usize) {
+    }
+    /// A patch of `patch_bytes` went to one client instead of a `full_bytes` state.
+    fn delta_sent(&self, _topic: &str, _patch_bytes: usize, _full_bytes: usize) {}
 }
 
 static OBSERVER: OnceLock<&'static dyn HubEvents> = OnceLock::new();

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::cursor::{Cursor, Epoch};
+use super::delta::DeltaSource;
 use super::message::{Message, Payload};
 
 /// Limits of the ring. Whichever is reached first evicts the oldest message, but the newest
@@ -39,6 +40,8 @@ pub struct History {
     /// holding one of those cursors resumes without a reset; the new epoch marks everything
     /// after as this sidecar's own, so it is never mistaken for the cluster's.
     continues: Option<Cursor>,
+    /// `deltas = true`: the parsed latest state, each new one is diffed against.
+    deltas: Option<DeltaSource>,
 }
 
 impl History {
@@ -50,7 +53,19 @@ impl History {
             bytes: 0,
             limits,
             continues: None,
+            deltas: None,
         }
+    }
+
+    /// Every message appended from now on carries its JSON Patch from the previous state.
+    pub fn with_deltas(mut self, topic: std::sync::Arc<str>) -> Self {
+        self.deltas = Some(DeltaSource::new(topic));
+        self
+    }
+
+    /// The parsed latest state at `cursor` (a topic with deltas), if it is the latest.
+    pub fn latest_document(&self, cursor: Cursor) -> Option<Arc<serde_json::Value>> {
+        self.deltas.as_ref()?.document(cursor)
     }
 
     /// The cursor of the newest message (`seq` 0 before the first one).
@@ -64,7 +79,12 @@ impl History {
     /// Assigns the next cursor, encodes the message once and keeps it.
     pub fn append(&mut self, payload: Payload) -> Arc<Message> {
         self.last_seq += 1;
-        let message = Arc::new(Message::new(self.cursor(), payload));
+        let cursor = self.cursor();
+        // Diffed once here, for every subscriber that asked for deltas.
+        let delta = self.deltas.as_mut().and_then(|d| d.next(cursor, &payload.data));
+        let mut message = Message::new(cursor, payload);
+        message.delta = delta;
+        let message = Arc::new(message);
         self.bytes += message.weight();
         self.ring.push_back(message.clone());
         while self.ring.len() > 1
@@ -99,6 +119,9 @@ impl History {
         self.last_seq = top;
         self.ring.clear();
         self.bytes = 0;
+        if let Some(deltas) = &mut self.deltas {
+            deltas.clear();
+        }
     }
 
     /// Goes on under `epoch` from here: the kept messages stay, the next one is `top + 1` of
@@ -129,15 +152,31 @@ impl History {
         }
     }
 
-    /// Everything after `cursor`, or `Unknown` when the ring cannot answer without a gap.
-    pub fn after(&self, cursor: Cursor) -> Replay {
-        let cursor = match self.continues {
+    /// A cursor of the epoch this ring continues (see `continues`) in the current epoch.
+    fn current(&self, cursor: Cursor) -> Cursor {
+        match self.continues {
             Some(from) if cursor.epoch == from.epoch && cursor.seq <= from.seq => Cursor {
                 epoch: self.epoch,
                 seq: cursor.seq,
             },
             _ => cursor,
-        };
+        }
+    }
+
+    /// The message at `cursor` itself, while the ring still keeps it.
+    pub fn at(&self, cursor: Cursor) -> Option<&Arc<Message>> {
+        let cursor = self.current(cursor);
+        if cursor.epoch != self.epoch || cursor.seq > self.last_seq {
+            return None;
+        }
+        let oldest_kept = self.ring.front()?.cursor.seq;
+        let index = usize::try_from(cursor.seq.checked_sub(oldest_kept)?).ok()?;
+        self.ring.get(index).filter(|m| m.cursor.seq == cursor.seq)
+    }
+
+    /// Everything after `cursor`, or `Unknown` when the ring cannot answer without a gap.
+    pub fn after(&self, cursor: Cursor) -> Replay {
+        let cursor = self.current(cursor);
         if cursor.epoch != self.epoch || cursor.seq > self.last_seq {
             return Replay::Unknown;
         }

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cursor::Cursor;
+use super::delta::Delta;
 use super::websocket_frame::{deflate_message, encode_frame, Envelope};
 
 /// What an upstream hands to the hub: the payload before it has a cursor.
@@ -35,6 +36,8 @@ pub struct Message {
     websocket_frames: [OnceLock<Bytes>; 4],
     /// The SSE frame in its transport framing, made on first use.
     framed_sse: OnceLock<Bytes>,
+    /// `deltas = true`: the JSON Patch from the previous state, when smaller than `data`.
+    pub delta: Option<Delta>,
 }
 
 impl Message {
@@ -50,6 +53,7 @@ impl Message {
             json_entry,
             websocket_frames: Default::default(),
             framed_sse: OnceLock::new(),
+            delta: None,
         }
     }
 
@@ -86,7 +90,10 @@ impl Message {
 
     /// Bytes this message keeps alive, for history and queue byte limits.
     pub fn weight(&self) -> usize {
-        self.data.len() + self.sse_frame.len() + self.json_entry.len()
+        self.data.len()
+            + self.sse_frame.len()
+            + self.json_entry.len()
+            + self.delta.as_ref().map_or(0, |delta| delta.patch.len())
     }
 
     /// The event name with the SSE default filled in.

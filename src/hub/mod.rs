@@ -2,6 +2,7 @@
 //! HTTP or pingora; upstreams publish into it and downstream transports subscribe to it.
 
 pub mod cursor;
+pub mod delta;
 pub mod events;
 pub mod history;
 pub mod message;
@@ -12,6 +13,7 @@ pub mod topic_key;
 pub mod websocket_frame;
 
 pub use cursor::{Cursor, CursorParseError, Epoch};
+pub use delta::{Delta, DeltaCursor, DeltaStep};
 pub use events::HubEvents;
 pub use history::HistoryLimits;
 pub use message::{Message, Payload};

@@ -244,6 +244,7 @@ mod tests {
                 max_bytes: 1 << 20,
             },
             on_full: OverflowPolicy::Conflate,
+            deltas: false,
             idle_linger: Duration::from_secs(10),
         }
     }

@@ -30,6 +30,8 @@ pub struct TopicSettings {
     pub history: HistoryLimits,
     pub queue: QueueLimits,
     pub on_full: OverflowPolicy,
+    /// `deltas = true`: each state message also carries the JSON Patch from the previous one.
+    pub deltas: bool,
     /// How long an instance without subscribers (or requests) is kept before it is reaped.
     pub idle_linger: Duration,
 }
@@ -128,7 +130,10 @@ pub struct Topic {
 
 impl Topic {
     pub fn new(key: TopicKey, settings: TopicSettings) -> Arc<Self> {
-        let history = History::new(Epoch::random(), settings.history);
+        let mut history = History::new(Epoch::random(), settings.history);
+        if settings.deltas {
+            history = history.with_deltas(key.name.clone());
+        }
         Arc::new(Topic {
             key,
             settings,
@@ -553,5 +558,6 @@ impl Drop for Subscription {
     }
 }
 
+mod deltas;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod circuit;
 pub mod client;
 pub mod event_stream;
+pub mod ignore_fields;
 pub mod poll;
 pub mod sink;
 pub mod stream;
@@ -91,6 +92,7 @@ impl SourceLauncher {
                     on_timer: start.on_timer,
                     url: poll.url.render(&topic.key().params),
                     event: spec.event.clone(),
+                    ignore_fields: spec.ignore_fields.clone(),
                     interval: poll.interval,
                     jitter: poll.jitter,
                     backoff: Backoff::new(self.settings.backoff_initial, self.settings.backoff_max),

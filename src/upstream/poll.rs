@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::client::{Traffic, UpstreamClient, UpstreamError, UpstreamResponse, Validators};
+use super::ignore_fields::{hash_without, FieldPattern};
 use super::sink::{Continuity, Sink, SinkError};
 use crate::hub::{Payload, Topic};
 use crate::metrics::METRICS;
@@ -30,6 +31,8 @@ pub struct ChangeDetector {
     validators: Validators,
     last_hash: Option<u64>,
     event: Option<Arc<str>>,
+    /// `ignore_fields`: JSON Pointers left out of the hash (empty: the body's bytes count).
+    ignore: Arc<[FieldPattern]>,
 }
 
 impl ChangeDetector {
@@ -38,6 +41,12 @@ impl ChangeDetector {
             event,
             ..ChangeDetector::default()
         }
+    }
+
+    /// Leaves `ignore` out of change detection (the topic's `ignore_fields`).
+    pub fn ignoring(mut self, ignore: Arc<[FieldPattern]>) -> Self {
+        self.ignore = ignore;
+        self
     }
 
     /// Continues from what a previous poller (maybe on another sidecar) last saw, so the
@@ -77,10 +86,18 @@ impl ChangeDetector {
                 if let Some(problem) = garbage(&response) {
                     return Observation::Failed(problem);
                 }
+                let hash = match state_hash(
+                    response.meta.content_type.as_deref(),
+                    &response.body,
+                    &self.ignore,
+                ) {
+                    Ok(hash) => hash,
+                    // Checked before the validators move: the last good state stays current.
+                    Err(problem) => return Observation::Failed(problem),
+                };
                 // Validators are remembered even when the content hash says "same", so the
                 // next request is conditional on what the backend now considers current.
                 self.validators = response.meta.validators;
-                let hash = content_hash(response.meta.content_type.as_deref(), &response.body);
                 if self.last_hash == Some(hash) {
                     return Observation::Unchanged;
                 }
@@ -104,6 +121,17 @@ pub fn content_hash(content_type: Option<&str>, body: &[u8]) -> u64 {
     content_type.hash(&mut hasher);
     body.hash(&mut hasher);
     hasher.finish()
+}
+
+/// [`content_hash`] with `ignore` (a topic's `ignore_fields`) left out: the body must then be
+/// JSON, and only what is not ignored counts.
+pub fn state_hash(content_type: Option<&str>, body: &[u8], ignore: &[FieldPattern]) -> Result<u64, String> {
+    if ignore.is_empty() {
+        return Ok(content_hash(content_type, body));
+    }
+    let mut hasher = DefaultHasher::new();
+    hash_without(content_type, body, ignore, &mut hasher)?;
+    Ok(hasher.finish())
 }
 
 /// A body that says it is JSON but does not parse is a broken response, not a new state.
@@ -132,6 +160,8 @@ pub struct PollTask {
     pub url: String,
     /// SSE event name given to every message this source publishes.
     pub event: Option<Arc<str>>,
+    /// The topic's `ignore_fields` (empty: every byte of the body counts).
+    pub ignore_fields: Arc<[FieldPattern]>,
     pub interval: Duration,
     pub jitter: Duration,
     pub backoff: Backoff,
@@ -140,7 +170,7 @@ pub struct PollTask {
 
 impl PollTask {
     pub async fn run(mut self) {
-        let mut detector = ChangeDetector::new(self.event.clone());
+        let mut detector = ChangeDetector::new(self.event.clone()).ignoring(self.ignore_fields.clone());
         detector.resume_from(&self.resume);
         tracing::debug!(topic = %self.topic.key(), url = %self.url, "poller started");
         let mut demand = self.topic.watch_demand();
@@ -312,6 +342,46 @@ mod tests {
             detector.observe(response(200, None, "application/json", "{\"p\":2}")),
             Observation::Changed(_)
         ));
+    }
+
+    #[test]
+    fn ignored_fields_are_no_change_and_a_non_json_body_is_a_failure() {
+        let ignore: Arc<[FieldPattern]> = Arc::from(vec![FieldPattern::parse("/updated_at").expect("valid")]);
+        let mut detector = ChangeDetector::new(None).ignoring(ignore);
+        let first = detector.observe(response(
+            200,
+            Some("\"a\""),
+            "application/json",
+            r#"{"p":1,"updated_at":1}"#,
+        ));
+        assert!(matches!(first, Observation::Changed(_)));
+        assert!(matches!(
+            detector.observe(response(
+                200,
+                Some("\"a2\""),
+                "application/json",
+                r#"{"updated_at":2,"p":1}"#
+            )),
+            Observation::Unchanged
+        ));
+        assert!(matches!(
+            detector.observe(response(200, Some("\"b\""), "text/plain", "not json")),
+            Observation::Failed(_)
+        ));
+        assert_eq!(
+            detector.validators().etag.as_deref(),
+            Some("\"a2\""),
+            "a failure does not move validators"
+        );
+        match detector.observe(response(
+            200,
+            None,
+            "application/json",
+            r#"{"p":2,"updated_at":3}"#,
+        )) {
+            Observation::Changed(payload) => assert_eq!(&payload.data[..], br#"{"p":2,"updated_at":3}"#),
+            other => panic!("a real change: {other:?}"),
+        }
     }
 
     #[test]

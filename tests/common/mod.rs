@@ -126,6 +126,9 @@ pub enum Behaviour {
     Counter,
     /// 200 with this body and content type, after this many milliseconds (a slow backend).
     Delayed(u64, &'static str, String),
+    /// 200 with this JSON object plus `"updated_at": <requests seen on this path>`, no
+    /// validators: every response differs, and only in that field.
+    Stamped(String),
 }
 
 /// One request the backend saw.
@@ -348,6 +351,22 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
                 .status(200)
                 .header("Content-Type", "application/json")
                 .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+                .unwrap()
+        }
+        Some(Behaviour::Stamped(text)) => {
+            let n = state
+                .lock()
+                .unwrap()
+                .seen
+                .iter()
+                .filter(|s| s.path == path)
+                .count();
+            let mut object: serde_json::Value = serde_json::from_str(&text).unwrap();
+            object["updated_at"] = serde_json::json!(n);
+            Response::builder()
+                .status(200)
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(object.to_string())))
                 .unwrap()
         }
         Some(Behaviour::EchoHeader(name)) => {

@@ -12,6 +12,7 @@ use super::super::template::{PathTemplate, UrlTemplate};
 use super::super::{EchoSpec, PollSpec, SourceSpec, StreamSpec, TopicSpec, WebsocketSpec};
 use super::Checker;
 use crate::hub::{Envelope, HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
+use crate::upstream::ignore_fields::FieldPattern;
 
 impl Checker<'_> {
     pub(super) fn topic(
@@ -41,6 +42,8 @@ impl Checker<'_> {
             Some(SourceSpec::Poll(_)) | None => Mode::State,
         };
         let mode = raw.mode.as_ref().map_or(default_mode, |m| *m.get_ref());
+        // `None`: the source is invalid, which is reported already.
+        let source_is_poll = source.as_ref().map(|s| matches!(s, SourceSpec::Poll(_)));
         let default_policy = match mode {
             Mode::State => OverflowPolicy::Conflate,
             Mode::Events => OverflowPolicy::Disconnect,
@@ -94,6 +97,7 @@ impl Checker<'_> {
                 ),
             },
             on_full,
+            deltas: self.deltas(raw, mode),
             idle_linger: self.duration_ms(
                 &raw.idle_linger_ms,
                 defaults.idle_linger_ms.as_ref(),
@@ -146,7 +150,63 @@ impl Checker<'_> {
             forward_headers: self.forward_headers(raw),
             eager: self.eager(raw, path_has_variables),
             auth: self.topic_auth(raw),
+            ignore_fields: self.ignore_fields(raw, mode, source_is_poll),
         })
+    }
+
+    /// `deltas = true`: JSON Patches between consecutive states, so a state topic only.
+    fn deltas(&mut self, raw: &RawTopic, mode: Mode) -> bool {
+        match &raw.deltas {
+            Some(flag) if *flag.get_ref() && mode != Mode::State => {
+                self.error(
+                    flag.span(),
+                    "`deltas` needs a state topic",
+                    Some(
+                        "patches go from one state to the next; set `mode = \"state\"` or remove `deltas`"
+                            .into(),
+                    ),
+                );
+                false
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        }
+    }
+
+    /// `ignore_fields`: valid JSON Pointers, on a polled state topic (the only place a change
+    /// is detected rather than given).
+    fn ignore_fields(
+        &mut self,
+        raw: &RawTopic,
+        mode: Mode,
+        source_is_poll: Option<bool>,
+    ) -> Arc<[FieldPattern]> {
+        let Some(list) = &raw.ignore_fields else {
+            return Arc::from(Vec::new());
+        };
+        if mode != Mode::State || source_is_poll == Some(false) {
+            self.error(
+                list.span(),
+                "`ignore_fields` needs a polled state topic",
+                Some("it tells a poll's change detection what to leave out; pushes and streams are never compared".into()),
+            );
+            return Arc::from(Vec::new());
+        }
+        let mut patterns = Vec::new();
+        for pointer in list.get_ref() {
+            match FieldPattern::parse(pointer.get_ref()) {
+                Ok(pattern) => patterns.push(pattern),
+                Err(problem) => self.error(
+                    pointer.span(),
+                    format!("`ignore_fields`: {problem}"),
+                    Some(
+                        "write RFC 6901 JSON Pointers, e.g. \"/updated_at\" or \"/items/*/fetched_at\""
+                            .into(),
+                    ),
+                ),
+            }
+        }
+        Arc::from(patterns)
     }
 
     /// An eager topic is one instance known at boot, so its path has no variables.

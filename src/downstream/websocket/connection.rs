@@ -49,6 +49,8 @@ pub enum Feed {
     Topic {
         subscribed: Subscribe,
         inbound: Option<Arc<Inbound>>,
+        /// `?delta=json-patch` (JSON envelope): the state this client holds.
+        deltas: Option<crate::hub::DeltaCursor>,
     },
     Echo,
 }
@@ -261,6 +263,17 @@ impl Connection {
     }
 
     fn frame_of(&self, message: &Message) -> Bytes {
+        if let Feed::Topic {
+            deltas: Some(deltas), ..
+        } = &self.feed
+        {
+            let deflate_min_bytes = self.spec.deflate_min_bytes;
+            if let Some(frame) =
+                super::super::delta::websocket_frame(deltas, message, self.deflate, deflate_min_bytes)
+            {
+                return frame;
+            }
+        }
         message.websocket_frame(self.spec.envelope, self.deflate, self.spec.deflate_min_bytes)
     }
 

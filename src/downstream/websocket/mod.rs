@@ -119,9 +119,21 @@ pub async fn serve(
                 }
                 None => sse_resume(session.req_header()),
             };
+            // `?delta=json-patch` needs the JSON envelope: raw payloads cannot say "patch".
+            let deltas = match super::delta::requested(session.req_header(), topic.settings().deltas) {
+                Ok(deltas) => deltas && spec.envelope == crate::hub::Envelope::Json,
+                Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
+            };
+            let (subscribed, deltas) = if deltas {
+                let (subscribed, deltas) = topic.subscribe_deltas(resume);
+                (subscribed, Some(deltas))
+            } else {
+                (topic.subscribe(resume), None)
+            };
             Feed::Topic {
-                subscribed: topic.subscribe(resume),
+                subscribed,
                 inbound: inbound.map(Arc::new),
+                deltas,
             }
         }
         Target::Echo => Feed::Echo,

@@ -15,6 +15,7 @@ pub(crate) fn settings(mode: Mode) -> TopicSettings {
             max_bytes: 1 << 20,
         },
         on_full: OverflowPolicy::Disconnect,
+        deltas: false,
         idle_linger: Duration::from_secs(5),
     }
 }
