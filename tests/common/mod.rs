@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod cluster;
+pub mod random_json;
 pub mod raw;
 pub mod redis;
 pub mod ticking;
