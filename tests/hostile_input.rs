@@ -96,7 +96,7 @@ async fn websocket_attacks(port: u16) {
         (
             "reserved opcode",
             encode_client_frame(true, false, 0x3, b"?", true),
-            1003,
+            1002,
         ),
         (
             "control frame over 125 bytes",

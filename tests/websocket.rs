@@ -33,6 +33,12 @@ source.poll = { url = "/echo-room-source", interval_ms = 60000 }
 websocket = { inbound = "/echo/room", ping_interval_ms = 60000 }
 
 [[topic]]
+name = "chat"
+path = "/chat"
+source.poll = { url = "/chat-source", interval_ms = 60000 }
+websocket = { subprotocols = ["v2.chat", "graphql-ws"], ping_interval_ms = 60000 }
+
+[[topic]]
 name = "no-ws"
 path = "/no-ws"
 transports = ["sse"]
@@ -43,6 +49,7 @@ async fn setup() -> (std::sync::Arc<TestBackend>, TestSidecar) {
     let backend = TestBackend::start().await;
     backend.set("/rooms/a/latest", Behaviour::Json("\"hello\"".into()));
     backend.set("/ticker-source", Behaviour::Json("{\"t\":1}".into()));
+    backend.set("/chat-source", Behaviour::Json("{\"c\":1}".into()));
     let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
     (backend, sidecar)
 }
@@ -203,11 +210,30 @@ async fn bad_frames_get_the_right_close_codes_and_spare_other_clients() {
             encode_client_frame(true, false, TEXT, &[0xC3, 0x28], true),
             1007,
         ),
-        // yawc answers a reserved opcode with 1003 (unsupported data); Autobahn 4.x accepts it.
+        // Reserved opcodes are protocol errors (RFC 6455 §5.2): 1002, not yawc's 1003.
         (
-            "unknown opcode",
+            "reserved data opcode 0x3",
             encode_client_frame(true, false, 0x3, b"?", true),
-            1003,
+            1002,
+        ),
+        (
+            "reserved data opcode 0x7",
+            encode_client_frame(true, false, 0x7, b"", true),
+            1002,
+        ),
+        (
+            "reserved control opcode 0xB",
+            encode_client_frame(true, false, 0xB, b"?", true),
+            1002,
+        ),
+        (
+            "reserved control opcode 0xF after a pong",
+            [
+                encode_client_frame(true, false, PONG, b"", true),
+                encode_client_frame(true, false, 0xF, b"", true),
+            ]
+            .concat(),
+            1002,
         ),
         (
             "oversized in fragments",
@@ -262,6 +288,58 @@ async fn bad_upgrades_and_switched_off_websocket_are_refused() {
     .await;
     assert_eq!(reply.status, 400);
     assert!(reply.text().contains("Sec-WebSocket-Key"));
+}
+
+#[tokio::test]
+async fn subprotocols_are_chosen_from_the_configured_list() {
+    let (_backend, sidecar) = setup().await;
+    // The client's first offer that the topic serves is echoed, and the socket works.
+    let protocol = [("Sec-WebSocket-Protocol", "mqtt, graphql-ws, v2.chat")];
+    let mut chosen = WsClient::connect(sidecar.port, "/chat", None, &protocol).await;
+    assert_eq!(chosen.status, 101);
+    assert_eq!(
+        chosen.header("sec-websocket-protocol").as_deref(),
+        Some("graphql-ws")
+    );
+    assert_eq!(chosen.read_message().await.text(), "{\"c\":1}");
+
+    // No offer: connects as before, no subprotocol.
+    let mut none = WsClient::connect(sidecar.port, "/chat", None, &[]).await;
+    assert_eq!(none.status, 101);
+    assert_eq!(none.header("sec-websocket-protocol"), None);
+    assert_eq!(none.read_message().await.text(), "{\"c\":1}");
+
+    // Only unknown offers: refused with a reason, before any subscription.
+    let refused = get(
+        sidecar.port,
+        "/chat",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", "mqtt, V2.CHAT"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("subprotocol"), "{}", refused.text());
+    assert!(
+        refused.text().contains("v2.chat, graphql-ws"),
+        "{}",
+        refused.text()
+    );
+
+    // A topic without a list ignores offers, as it always did.
+    let ignored = WsClient::connect(
+        sidecar.port,
+        "/ticker",
+        None,
+        &[("Sec-WebSocket-Protocol", "mqtt")],
+    )
+    .await;
+    assert_eq!(ignored.status, 101);
+    assert_eq!(ignored.header("sec-websocket-protocol"), None);
 }
 
 #[tokio::test]

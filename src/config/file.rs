@@ -104,6 +104,7 @@ pub struct RawWebsocket {
     pub max_frame_bytes: Field<i64>,
     pub inbound: Field<String>,
     pub inbound_messages_per_second: Field<i64>,
+    pub subprotocols: Field<Vec<Spanned<String>>>,
 }
 
 /// Test and conformance switches; all off by default.

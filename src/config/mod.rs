@@ -59,6 +59,9 @@ pub struct WebsocketSpec {
     pub inbound_messages_per_second: u32,
     /// Backend URL that client messages are POSTed to; `None` = client messages close 1008.
     pub inbound: Option<UrlTemplate>,
+    /// `Sec-WebSocket-Protocol` values served, in the configured order; empty = offers are
+    /// ignored and none is answered. Shared: the spec is cloned per connection.
+    pub subprotocols: Arc<[String]>,
 }
 
 #[derive(Clone, Debug)]

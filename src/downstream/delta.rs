@@ -8,7 +8,7 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::router::query_param;
-use crate::hub::websocket_frame::{deflate_message, encode_frame};
+use crate::hub::websocket_frame::{deflate_message, encode_frame, WindowBits};
 use crate::hub::{Cursor, Delta, DeltaCursor, DeltaStep, Message, Topic};
 use crate::metrics::METRICS;
 
@@ -18,11 +18,12 @@ pub const JSON_PATCH: &str = "json-patch";
 /// The media type of a long-poll answer that is a patch (RFC 6902 §6).
 pub const PATCH_CONTENT_TYPE: &str = "application/json-patch+json";
 
-/// Cache slots of a [`Delta`]'s encodings, one per wire form.
+/// Cache slots of a [`Delta`]'s encodings, one per wire form: SSE event, SSE chunk, plain
+/// WebSocket frame, then one deflated WebSocket frame per window size.
 pub const SLOT_SSE_EVENT: usize = 0;
 pub const SLOT_SSE_CHUNK: usize = 1;
 pub const SLOT_WEBSOCKET: usize = 2;
-pub const SLOT_WEBSOCKET_DEFLATED: usize = 3;
+const SLOT_WEBSOCKET_DEFLATED: usize = 3;
 
 /// Whether the request asks for patches, on a topic that offers them. On a topic without
 /// `deltas` the flag is ignored (full states are always correct); an unknown format is the
@@ -60,12 +61,13 @@ fn websocket_patch_frame(
     cursor: Cursor,
     event: &str,
     patch: &[u8],
-    deflate: bool,
+    deflate: Option<WindowBits>,
     deflate_min_bytes: usize,
 ) -> Bytes {
     let entry = json_patch_entry(cursor, event, patch);
-    if deflate && entry.len() >= deflate_min_bytes {
-        if let Ok(compressed) = deflate_message(&entry) {
+    // Patches are small by design (never larger than the document): deflated inline.
+    if let Some(window) = deflate.filter(|_| entry.len() >= deflate_min_bytes) {
+        if let Ok(compressed) = deflate_message(&entry, window) {
             return encode_frame(&compressed, true, true);
         }
     }
@@ -77,7 +79,7 @@ fn websocket_patch_frame(
 pub fn websocket_frame(
     deltas: &DeltaCursor,
     message: &Message,
-    deflate: bool,
+    deflate: Option<WindowBits>,
     deflate_min_bytes: usize,
 ) -> Option<Bytes> {
     let event = message.event_name();
@@ -92,11 +94,7 @@ pub fn websocket_frame(
         )),
         DeltaStep::Patch(delta) => {
             // Whether it ends up deflated depends only on its size, the same for everyone.
-            let slot = if deflate {
-                SLOT_WEBSOCKET_DEFLATED
-            } else {
-                SLOT_WEBSOCKET
-            };
+            let slot = deflate.map_or(SLOT_WEBSOCKET, |window| SLOT_WEBSOCKET_DEFLATED + window.index());
             Some(delta.encoded(slot, |delta: &Delta| {
                 websocket_patch_frame(message.cursor, event, &delta.patch, deflate, deflate_min_bytes)
             }))

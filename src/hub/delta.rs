@@ -17,7 +17,7 @@ use super::cursor::Cursor;
 use super::message::Message;
 
 /// How many encodings of one patch can be cached (the transports number theirs below this).
-pub const DELTA_ENCODINGS: usize = 4;
+pub const DELTA_ENCODINGS: usize = 3 + super::websocket_frame::WindowBits::COUNT;
 
 /// The patch from the previous state to a message's state.
 #[derive(Debug)]

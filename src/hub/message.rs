@@ -4,10 +4,14 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::OnceCell;
 
 use super::cursor::Cursor;
 use super::delta::Delta;
-use super::websocket_frame::{deflate_message, encode_frame, Envelope};
+use super::websocket_frame::{deflated_frame, encode_frame, Envelope, WindowBits};
+
+/// Deflated WebSocket frames: (raw, json) × window sizes 9..=15.
+type DeflatedFrames = [OnceCell<Bytes>; 2 * WindowBits::COUNT];
 
 /// What an upstream hands to the hub: the payload before it has a cursor.
 #[derive(Clone, Debug, Default)]
@@ -32,8 +36,13 @@ pub struct Message {
     /// transport that wraps messages in JSON).
     pub json_entry: Bytes,
     /// WebSocket frames, made on first use (topics nobody follows by WebSocket pay nothing)
-    /// and then shared: indexed by envelope (raw, json) × (plain, deflated).
-    websocket_frames: [OnceLock<Bytes>; 4],
+    /// and then shared: indexed by envelope (raw, json).
+    websocket_frames: [OnceLock<Bytes>; 2],
+    /// Deflated WebSocket frames by envelope × window size, allocated when a client first
+    /// needs one: each message is deflated once per window size its clients negotiated.
+    /// Async cells: clients waiting for a large deflate (done off the runtime) await it
+    /// rather than block their threads.
+    deflated_frames: OnceLock<Box<DeflatedFrames>>,
     /// The SSE frame in its transport framing, made on first use.
     framed_sse: OnceLock<Bytes>,
     /// `deltas = true`: the JSON Patch from the previous state, when smaller than `data`.
@@ -52,6 +61,7 @@ impl Message {
             sse_frame,
             json_entry,
             websocket_frames: Default::default(),
+            deflated_frames: OnceLock::new(),
             framed_sse: OnceLock::new(),
             delta: None,
         }
@@ -64,28 +74,33 @@ impl Message {
         self.framed_sse.get_or_init(|| frame(&self.sse_frame)).clone()
     }
 
-    /// The WebSocket frame of this message for `envelope`, deflated when `deflate` (and the
-    /// payload is at least `deflate_min_bytes`). Encoded once per message, whatever the
-    /// number of clients.
-    pub fn websocket_frame(&self, envelope: Envelope, deflate: bool, deflate_min_bytes: usize) -> Bytes {
-        let (payload, text) = match envelope {
-            Envelope::Raw => (&self.data, std::str::from_utf8(&self.data).is_ok()),
-            Envelope::Json => (&self.json_entry, true),
+    /// The WebSocket frame of this message for `envelope`, deflated with the `deflate`
+    /// window when there is one (and the payload is at least `deflate_min_bytes`). Encoded
+    /// once per message and window size, whatever the number of clients.
+    pub async fn websocket_frame(
+        &self,
+        envelope: Envelope,
+        deflate: Option<WindowBits>,
+        deflate_min_bytes: usize,
+    ) -> Bytes {
+        let (payload, slot) = match envelope {
+            Envelope::Raw => (&self.data, 0),
+            Envelope::Json => (&self.json_entry, 1),
         };
-        let deflate = deflate && payload.len() >= deflate_min_bytes;
-        let slot = match (envelope, deflate) {
-            (Envelope::Raw, false) => 0,
-            (Envelope::Raw, true) => 1,
-            (Envelope::Json, false) => 2,
-            (Envelope::Json, true) => 3,
-        };
-        self.websocket_frames[slot]
-            .get_or_init(|| match deflate.then(|| deflate_message(payload)) {
-                Some(Ok(compressed)) => encode_frame(&compressed, text, true),
-                // Deflating into memory does not fail; if it ever did, plain is still valid.
-                _ => encode_frame(payload, text, false),
-            })
-            .clone()
+        // Only looked at when a frame is made, not on every delivery.
+        let text = || envelope == Envelope::Json || std::str::from_utf8(payload).is_ok();
+        match deflate.filter(|_| payload.len() >= deflate_min_bytes) {
+            None => self.websocket_frames[slot]
+                .get_or_init(|| encode_frame(payload, text(), false))
+                .clone(),
+            Some(window) => {
+                let frames = self.deflated_frames.get_or_init(Default::default);
+                frames[slot * WindowBits::COUNT + window.index()]
+                    .get_or_init(|| deflated_frame(payload.clone(), text(), window))
+                    .await
+                    .clone()
+            }
+        }
     }
 
     /// Bytes this message keeps alive, for history and queue byte limits.
@@ -220,6 +235,47 @@ mod tests {
         let entry = encode_json_entry(&cursor(6), None, b"");
         let parsed: serde_json::Value = serde_json::from_slice(&entry).expect("valid JSON");
         assert_eq!(parsed["data"], "");
+    }
+
+    #[tokio::test]
+    async fn websocket_frames_are_shared_per_window_and_large_deflates_leave_the_runtime() {
+        use futures_util::FutureExt;
+        let payload = |data: String| Payload {
+            data: Bytes::from(data),
+            ..Payload::default()
+        };
+        let small = Message::new(cursor(1), payload("small ".repeat(100)));
+        let nine = WindowBits::new(9);
+        let first = small
+            .websocket_frame(Envelope::Raw, nine, 0)
+            .now_or_never()
+            .expect("a small payload is deflated inline");
+        let again = small.websocket_frame(Envelope::Raw, nine, 0).await;
+        assert_eq!(first.as_ptr(), again.as_ptr(), "one shared frame per window size");
+        assert_eq!(first[0], 0xC1, "FIN, RSV1, text");
+        let full = small
+            .websocket_frame(Envelope::Raw, Some(WindowBits::FULL), 0)
+            .await;
+        assert_ne!(first.as_ptr(), full.as_ptr(), "another window, another frame");
+        let plain = small.websocket_frame(Envelope::Raw, None, 0).await;
+        assert_eq!(plain[0], 0x81);
+        let below_minimum = small.websocket_frame(Envelope::Raw, nine, 10_000).await;
+        assert_eq!(below_minimum.as_ptr(), plain.as_ptr());
+
+        let big = Message::new(
+            cursor(2),
+            payload("big ".repeat(super::super::websocket_frame::DEFLATE_OFF_RUNTIME_BYTES / 4)),
+        );
+        let mut first = Box::pin(big.websocket_frame(Envelope::Raw, nine, 0));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "a large deflate is handed to the blocking pool, not done in this poll"
+        );
+        // A second client meanwhile awaits the same deflate instead of blocking or redoing it.
+        let (first, second) = tokio::join!(first, big.websocket_frame(Envelope::Raw, nine, 0));
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert_eq!(first[0], 0xC1);
+        assert!(first.len() < big.data.len() / 10);
     }
 
     #[test]

@@ -2,10 +2,16 @@
 //! by every subscriber: the same bytes are written to every socket.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use std::io::Write;
 
-use flate2::write::DeflateEncoder;
-use flate2::Compression;
+use flate2::{Compress, CompressError, Compression, FlushCompress};
+
+/// Payloads at least this large are deflated on tokio's blocking pool rather than on the
+/// runtime thread that first needs the frame. At `Compression::fast()` zlib-ng deflates
+/// in the order of 100-300 MB/s per core, so 64 KiB is a few hundred µs: about where one
+/// deflate starts to hold up every other connection on that worker, and well above what
+/// the hand-off itself costs (a thread switch and a wake-up, tens of µs), which would
+/// dominate for the usual messages of a few hundred bytes.
+pub const DEFLATE_OFF_RUNTIME_BYTES: usize = 64 * 1024;
 
 /// What a WebSocket message of a topic carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -15,6 +21,36 @@ pub enum Envelope {
     Raw,
     /// `{"id","event","data"}`, as in long-poll batches.
     Json,
+}
+
+/// The LZ77 window the server deflates a client's messages with (RFC 7692 §7.1.2.1
+/// `server_max_window_bits`), in bits. The RFC allows 8 to 15; zlib cannot deflate raw
+/// data with a 256-byte window, so 9 is the smallest one offered here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowBits(u8);
+
+impl WindowBits {
+    pub const SMALLEST: u8 = 9;
+    /// The default window: 32 KiB.
+    pub const FULL: WindowBits = WindowBits(15);
+    /// How many window sizes there are (9 to 15).
+    pub const COUNT: usize = 7;
+
+    /// `None` outside 9..=15.
+    pub fn new(bits: u8) -> Option<Self> {
+        (Self::SMALLEST..=Self::FULL.0)
+            .contains(&bits)
+            .then_some(WindowBits(bits))
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// 0 for 9 bits, …, 6 for 15: a slot in a per-window cache.
+    pub fn index(self) -> usize {
+        usize::from(self.0 - Self::SMALLEST)
+    }
 }
 
 const OPCODE_TEXT: u8 = 0x1;
@@ -41,14 +77,22 @@ pub fn encode_frame(payload: &[u8], text: bool, compressed: bool) -> Bytes {
 }
 
 /// Deflates one whole message per RFC 7692 with no context carried over (the server always
-/// negotiates `server_no_context_takeover`), so the result is valid for every client.
-pub fn deflate_message(payload: &[u8]) -> std::io::Result<Bytes> {
-    let mut encoder = DeflateEncoder::new(Vec::with_capacity(payload.len() / 2 + 64), Compression::fast());
-    encoder.write_all(payload)?;
+/// negotiates `server_no_context_takeover`) and with `window`, so the result is valid for
+/// every client that negotiated that window (or a larger one).
+pub fn deflate_message(payload: &[u8], window: WindowBits) -> Result<Bytes, CompressError> {
+    let mut compress = Compress::new_with_window_bits(Compression::fast(), false, window.get());
+    let mut output = Vec::with_capacity(payload.len() / 2 + 64);
     // A sync flush ends the data with an empty stored block, 00 00 FF FF, which the
-    // receiver adds back; taking the buffer here leaves out the final block `finish` adds.
-    encoder.flush()?;
-    let mut output = std::mem::take(encoder.get_mut());
+    // receiver adds back. It is done once the input is used up and the output did not fill.
+    loop {
+        let consumed = usize::try_from(compress.total_in()).unwrap_or(payload.len());
+        compress.compress_vec(&payload[consumed..], &mut output, FlushCompress::Sync)?;
+        let done = usize::try_from(compress.total_in()).is_ok_and(|n| n == payload.len());
+        if done && output.len() < output.capacity() {
+            break;
+        }
+        output.reserve(output.capacity().max(64));
+    }
     if output.ends_with(&[0x00, 0x00, 0xFF, 0xFF]) {
         output.truncate(output.len() - 4);
     }
@@ -58,20 +102,71 @@ pub fn deflate_message(payload: &[u8]) -> std::io::Result<Bytes> {
     Ok(Bytes::from(output))
 }
 
+/// The deflated frame of `payload`; plain if deflating failed (it does not, into memory;
+/// if it ever did, a plain frame is still valid). A payload of
+/// [`DEFLATE_OFF_RUNTIME_BYTES`] or more is deflated on the blocking pool, so the runtime
+/// thread goes on serving other connections meanwhile.
+pub async fn deflated_frame(payload: Bytes, text: bool, window: WindowBits) -> Bytes {
+    if payload.len() < DEFLATE_OFF_RUNTIME_BYTES {
+        return deflate_frame(&payload, text, window);
+    }
+    let kept = payload.clone();
+    match tokio::task::spawn_blocking(move || deflate_frame(&payload, text, window)).await {
+        Ok(frame) => frame,
+        // The blocking pool is gone (the runtime is shutting down).
+        Err(_) => encode_frame(&kept, text, false),
+    }
+}
+
+fn deflate_frame(payload: &[u8], text: bool, window: WindowBits) -> Bytes {
+    match deflate_message(payload, window) {
+        Ok(compressed) => encode_frame(&compressed, text, true),
+        Err(_) => encode_frame(payload, text, false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::{Decompress, FlushDecompress};
+    use flate2::{Decompress, FlushDecompress, Status};
 
-    fn inflate(data: &[u8]) -> Vec<u8> {
+    /// Inflates with a `bits` window, a few bytes of output at a time: a reference further
+    /// back than the window then fails, as it does for a client that keeps only that window
+    /// (one large output buffer would let zlib reach back into it and hide the error).
+    fn inflate_strictly(data: &[u8], bits: u8) -> Result<Vec<u8>, String> {
         let mut input = data.to_vec();
         input.extend_from_slice(&[0x00, 0x00, 0xFF, 0xFF]);
-        let mut decompressor = Decompress::new(false);
-        let mut output = Vec::with_capacity(1 << 20);
-        decompressor
-            .decompress_vec(&input, &mut output, FlushDecompress::Sync)
-            .expect("valid deflate");
-        output
+        let mut decompressor = Decompress::new_with_window_bits(false, bits);
+        let mut output = Vec::new();
+        loop {
+            let consumed = decompressor.total_in() as usize;
+            let mut chunk = [0u8; 16];
+            let before = decompressor.total_out();
+            let status = decompressor
+                .decompress(&input[consumed..], &mut chunk, FlushDecompress::Sync)
+                .map_err(|error| error.to_string())?;
+            let produced = (decompressor.total_out() - before) as usize;
+            output.extend_from_slice(&chunk[..produced]);
+            let all_in = decompressor.total_in() as usize == input.len();
+            if (all_in && produced < chunk.len()) || status == Status::StreamEnd {
+                return Ok(output);
+            }
+            if produced == 0 && decompressor.total_in() as usize == consumed {
+                return Err("no progress".into());
+            }
+        }
+    }
+
+    fn inflate(data: &[u8]) -> Vec<u8> {
+        inflate_strictly(data, 15).expect("valid deflate")
+    }
+
+    /// Text whose repeats are ~1 KiB apart: a 15-bit window finds them, a 9-bit one must not.
+    fn far_repeats() -> Vec<u8> {
+        let block: Vec<u8> = (0..1000u32)
+            .map(|i| b"abcdefghijklmnopqrstuvwxyz"[(i * i % 26) as usize])
+            .collect();
+        block.repeat(20)
     }
 
     #[test]
@@ -87,13 +182,40 @@ mod tests {
     #[test]
     fn deflated_messages_inflate_back_without_shared_context() {
         let text = "the same message, ".repeat(200);
-        let first = deflate_message(text.as_bytes()).expect("deflates");
-        let second = deflate_message(text.as_bytes()).expect("deflates");
+        let first = deflate_message(text.as_bytes(), WindowBits::FULL).expect("deflates");
+        let second = deflate_message(text.as_bytes(), WindowBits::FULL).expect("deflates");
         assert_eq!(first, second, "no context: identical input, identical output");
         assert!(first.len() < text.len() / 5);
         assert_eq!(inflate(&first), text.as_bytes());
         let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        assert_eq!(inflate(&deflate_message(&big).expect("deflates")), big);
-        assert_eq!(inflate(&deflate_message(b"").expect("deflates")), b"");
+        assert_eq!(
+            inflate(&deflate_message(&big, WindowBits::FULL).expect("deflates")),
+            big
+        );
+        assert_eq!(
+            inflate(&deflate_message(b"", WindowBits::FULL).expect("deflates")),
+            b""
+        );
+    }
+
+    #[test]
+    fn each_window_size_stays_within_its_window() {
+        let payload = far_repeats();
+        let full = deflate_message(&payload, WindowBits::FULL).expect("deflates");
+        // The check is sharp: the 15-bit stream reaches further back than 9 bits allow.
+        assert!(inflate_strictly(&full, 9).is_err());
+        for bits in WindowBits::SMALLEST..=15 {
+            let window = WindowBits::new(bits).expect("in range");
+            let compressed = deflate_message(&payload, window).expect("deflates");
+            assert_eq!(
+                inflate_strictly(&compressed, bits).as_deref(),
+                Ok(&payload[..]),
+                "{bits} bits"
+            );
+        }
+        assert_eq!(WindowBits::new(8), None);
+        assert_eq!(WindowBits::new(16), None);
+        assert_eq!(WindowBits::new(9).map(WindowBits::index), Some(0));
+        assert_eq!(WindowBits::FULL.index(), WindowBits::COUNT - 1);
     }
 }

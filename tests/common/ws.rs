@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use flate2::{Decompress, FlushDecompress};
+use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -241,5 +241,32 @@ pub fn inflate(data: &[u8]) -> Vec<u8> {
             return output;
         }
         output.reserve(output.capacity());
+    }
+}
+
+/// RFC 7692 inflate of one message as a client keeping only a `bits` window does it: the
+/// output comes a few bytes at a time, so a back-reference further than the window fails
+/// (with one large output buffer zlib could reach back into it and hide the error).
+pub fn inflate_with_window(data: &[u8], bits: u8) -> Result<Vec<u8>, String> {
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0x00, 0x00, 0xFF, 0xFF]);
+    let mut decompressor = Decompress::new_with_window_bits(false, bits);
+    let mut output = Vec::new();
+    loop {
+        let consumed = decompressor.total_in() as usize;
+        let before = decompressor.total_out();
+        let mut chunk = [0u8; 16];
+        let status = decompressor
+            .decompress(&input[consumed..], &mut chunk, FlushDecompress::Sync)
+            .map_err(|error| error.to_string())?;
+        let produced = (decompressor.total_out() - before) as usize;
+        output.extend_from_slice(&chunk[..produced]);
+        let all_in = decompressor.total_in() as usize == input.len();
+        if (all_in && produced < chunk.len()) || status == Status::StreamEnd {
+            return Ok(output);
+        }
+        if produced == 0 && decompressor.total_in() as usize == consumed {
+            return Err("inflate made no progress".into());
+        }
     }
 }

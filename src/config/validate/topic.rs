@@ -313,7 +313,39 @@ impl Checker<'_> {
             ))
             .unwrap_or(u32::MAX),
             inbound,
+            subprotocols: self.subprotocols(ws.subprotocols.as_ref()),
         })
+    }
+
+    /// `websocket.subprotocols`: RFC 6455 §4.1 tokens, each listed once, at least one.
+    fn subprotocols(&mut self, raw: Option<&Spanned<Vec<Spanned<String>>>>) -> Arc<[String]> {
+        let Some(list) = raw else {
+            return Arc::from([]);
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                list.span(),
+                "`subprotocols` is empty",
+                Some("list the subprotocols clients may ask for, or leave it out".into()),
+            );
+        }
+        let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        let mut names: Vec<String> = Vec::new();
+        for name in list.get_ref() {
+            let text = name.get_ref();
+            if text.is_empty() || !text.chars().all(is_token_char) {
+                self.error(
+                    name.span(),
+                    format!("{text:?} is not a subprotocol name"),
+                    Some("use ASCII letters, digits and !#$%&'*+-.^_`|~ (an RFC 6455 token)".into()),
+                );
+            } else if names.contains(text) {
+                self.error(name.span(), format!("subprotocol {text:?} is listed twice"), None);
+            } else {
+                names.push(text.clone());
+            }
+        }
+        names.into()
     }
 
     pub(super) fn echo(&mut self, raw: &RawTesting, paths: &[(PathTemplate, String)]) -> Option<EchoSpec> {

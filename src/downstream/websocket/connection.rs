@@ -15,10 +15,14 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::{Options, Role, WebSocket, WebSocketError};
 
+use super::close::{close_frame, close_reason};
+
 use super::super::auth::{Expiry, Lapse};
 use super::super::sse::lapsed_or_never;
+use super::handshake::Deflate;
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::WebsocketSpec;
+use crate::hub::websocket_frame::WindowBits;
 use crate::hub::{CloseReason, Cursor, Delivery, Envelope, Message, Mode, Subscribe, Subscription};
 use crate::metrics::{SubscriberGauge, METRICS};
 use crate::upstream::UpstreamClient;
@@ -73,7 +77,8 @@ pub struct Connection {
     spec: WebsocketSpec,
     /// How long one write to a client may take before the client is given up on.
     write_timeout: Duration,
-    deflate: bool,
+    /// The window hub messages are deflated with for this client; `None` = sent plain.
+    deflate: Option<WindowBits>,
     feed: Feed,
     /// When the client's credentials expire (the connection is closed with 1008 then).
     expiry: Option<Expiry>,
@@ -115,7 +120,7 @@ impl RateLimit {
 impl Connection {
     pub fn new(
         stream: Stream,
-        extension: Option<&str>,
+        deflate: Option<&Deflate>,
         spec: &WebsocketSpec,
         write_timeout: Duration,
         feed: Feed,
@@ -134,6 +139,7 @@ impl Connection {
             .with_write_buffer_capacity(128)
             .with_low_latency_compression();
         let (shared, raw, close_sent) = share(stream);
+        let extension = deflate.map(|deflate| deflate.response.as_str());
         let ws = WebSocket::from_stream_with_extensions(shared, Role::Server, extension, options)?;
         Ok(Connection {
             ws,
@@ -141,7 +147,7 @@ impl Connection {
             close_sent,
             spec: spec.clone(),
             write_timeout,
-            deflate: extension.is_some(),
+            deflate: deflate.map(|deflate| deflate.window),
             feed,
             expiry,
             inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
@@ -258,48 +264,50 @@ impl Connection {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
             }
         }
-        let frames: Vec<Bytes> = backlog.iter().map(|m| self.frame_of(m)).collect();
+        let kind = self.frame_kind();
+        let mut frames = Vec::with_capacity(backlog.len());
+        for message in &backlog {
+            frames.push(kind.frame_of(message).await);
+        }
         self.write_frames(&frames).await
     }
 
-    fn frame_of(&self, message: &Message) -> Bytes {
-        if let Feed::Topic {
-            deltas: Some(deltas), ..
-        } = &self.feed
-        {
-            let deflate_min_bytes = self.spec.deflate_min_bytes;
-            if let Some(frame) =
-                super::super::delta::websocket_frame(deltas, message, self.deflate, deflate_min_bytes)
-            {
-                return frame;
-            }
+    fn frame_kind(&self) -> FrameKind<'_> {
+        let deltas = match &self.feed {
+            Feed::Topic {
+                deltas: Some(deltas), ..
+            } => Some(deltas),
+            _ => None,
+        };
+        FrameKind {
+            envelope: self.spec.envelope,
+            deflate: self.deflate,
+            deflate_min_bytes: self.spec.deflate_min_bytes,
+            deltas,
         }
-        message.websocket_frame(self.spec.envelope, self.deflate, self.spec.deflate_min_bytes)
     }
 
     /// Writes `first` and whatever else is already queued, in one flush; a gap the
     /// `drop_oldest` policy left before a message is announced first (see [`Self::gap_notice`]).
     async fn send_messages(&mut self, first: Arc<Message>, skipped: u64) -> std::io::Result<()> {
-        let mut frames = Vec::with_capacity(2);
-        self.push_frames(&mut frames, &first, skipped);
+        let mut batch = vec![(first, skipped)];
         if let Feed::Topic { subscribed, .. } = &self.feed {
-            while frames.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH {
                 match subscribed.subscription.try_recv() {
-                    Some(Delivery::Message { message, skipped }) => {
-                        self.push_frames(&mut frames, &message, skipped)
-                    }
+                    Some(Delivery::Message { message, skipped }) => batch.push((message, skipped)),
                     _ => break,
                 }
             }
         }
-        self.write_frames(&frames).await
-    }
-
-    fn push_frames(&self, frames: &mut Vec<Bytes>, message: &Message, skipped: u64) {
-        if let Some(notice) = self.gap_notice(message, skipped) {
-            frames.push(notice);
+        let kind = self.frame_kind();
+        let mut frames = Vec::with_capacity(batch.len());
+        for (message, skipped) in &batch {
+            if let Some(notice) = self.gap_notice(message, *skipped) {
+                frames.push(notice);
+            }
+            frames.push(kind.frame_of(message).await);
         }
-        frames.push(self.frame_of(message));
+        self.write_frames(&frames).await
     }
 
     /// On an event topic with the JSON envelope, messages dropped for this client are
@@ -369,6 +377,22 @@ impl Connection {
                 .limit_hits
                 .with_label_values(&["websocket_message_bytes"])
                 .inc();
+        }
+        if let WebSocketError::InvalidOpCode(opcode) = error {
+            // yawc has queued 1003 (unsupported data) but not written it. A reserved opcode
+            // is a protocol error (RFC 6455 §5.2 fails the connection, 1002 per §7.4.1), so
+            // that close is left unsent and ours goes out instead. yawc's write buffer is
+            // empty here: every frame it was given has been flushed before the next read.
+            if !self.close_sent.load(Ordering::SeqCst) {
+                let reason = format!("reserved opcode {opcode:#x}");
+                let close = super::io::close_frame_bytes(CloseCode::Protocol.into(), close_reason(&reason));
+                let write = async {
+                    self.raw.write_all(&close).await?;
+                    self.raw.flush().await
+                };
+                let _ = tokio::time::timeout(self.write_timeout, write).await;
+            }
+            return;
         }
         let _ = tokio::time::timeout(CLOSE_WAIT, flush_all(&mut self.ws)).await;
         if self.close_sent.load(Ordering::SeqCst) {
@@ -468,24 +492,31 @@ impl Connection {
     }
 }
 
-/// Most bytes of a close reason: a control frame's payload is at most 125 bytes, two of
-/// which are the code (RFC 6455 §5.5).
-const MAX_CLOSE_REASON_BYTES: usize = 123;
-
-/// `reason` cut to [`MAX_CLOSE_REASON_BYTES`] on a character boundary (it must stay UTF-8).
-fn close_reason(reason: &str) -> &str {
-    if reason.len() <= MAX_CLOSE_REASON_BYTES {
-        return reason;
-    }
-    let mut end = MAX_CLOSE_REASON_BYTES;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+/// What a hub message's frame for this client depends on, copied out of the connection:
+/// building a frame may wait (for a large deflate off the runtime) and must then hold no
+/// borrow of the connection, whose task has to stay `Send`.
+#[derive(Clone, Copy)]
+struct FrameKind<'a> {
+    envelope: Envelope,
+    deflate: Option<WindowBits>,
+    deflate_min_bytes: usize,
+    /// A `?delta=json-patch` client: its position in the topic's patches.
+    deltas: Option<&'a crate::hub::DeltaCursor>,
 }
 
-fn close_frame(code: CloseCode, reason: &str) -> Frame {
-    Frame::close(code, close_reason(reason))
+impl FrameKind<'_> {
+    async fn frame_of(&self, message: &Message) -> Bytes {
+        if let Some(deltas) = self.deltas {
+            if let Some(frame) =
+                super::super::delta::websocket_frame(deltas, message, self.deflate, self.deflate_min_bytes)
+            {
+                return frame;
+            }
+        }
+        message
+            .websocket_frame(self.envelope, self.deflate, self.deflate_min_bytes)
+            .await
+    }
 }
 
 /// Writes out everything yawc has to send: frames it owes the peer (pongs, close replies,
@@ -540,24 +571,5 @@ async fn forward(inbound: Arc<Inbound>, payload: Bytes, text: bool) -> Option<By
             tracing::warn!(url = %inbound.url, "inbound message not delivered: {error}");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit_a_control_frame_and_stay_utf8() {
-        assert_eq!(close_reason("short"), "short");
-        let ascii = "x".repeat(300);
-        assert_eq!(close_reason(&ascii).len(), 123);
-        // 'é' is two bytes: 61 of them are 122 bytes, the 62nd would straddle byte 123.
-        let accented = "é".repeat(100);
-        let cut = close_reason(&accented);
-        assert_eq!(cut.len(), 122);
-        assert!(accented.starts_with(cut));
-        let frame = close_frame(CloseCode::Policy, &accented);
-        assert!(frame.payload().len() <= 125, "{}", frame.payload().len());
     }
 }

@@ -1,8 +1,13 @@
-//! The RFC 6455 opening handshake and the RFC 7692 permessage-deflate negotiation.
+//! The RFC 6455 opening handshake, the subprotocol choice and the RFC 7692
+//! permessage-deflate negotiation.
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use pingora_http::RequestHeader;
 use sha1::{Digest, Sha1};
+
+use crate::hub::websocket_frame::WindowBits;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -10,15 +15,33 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
-/// A valid upgrade: the `Sec-WebSocket-Accept` value and the agreed extension, if any.
+fn reject(status: u16, reason: &'static str) -> Rejection {
+    Rejection {
+        status,
+        reason: Cow::Borrowed(reason),
+    }
+}
+
+/// A valid upgrade: the `Sec-WebSocket-Accept` value, the agreed extension and the chosen
+/// subprotocol, if any.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Accepted {
     pub accept: String,
+    pub deflate: Option<Deflate>,
+    /// The `Sec-WebSocket-Protocol` response value.
+    pub subprotocol: Option<String>,
+}
+
+/// An agreed permessage-deflate.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Deflate {
     /// The `Sec-WebSocket-Extensions` response value (also handed to the WebSocket crate).
-    pub deflate: Option<String>,
+    pub response: String,
+    /// The window the server deflates this client's messages with.
+    pub window: WindowBits,
 }
 
 fn header_values<'a>(request: &'a RequestHeader, name: &str) -> impl Iterator<Item = &'a str> {
@@ -37,26 +60,25 @@ fn has_token(request: &RequestHeader, name: &str, token: &str) -> bool {
     })
 }
 
-/// Checks the upgrade request and negotiates compression (`allow_deflate` = the topic's
+/// Checks the upgrade request, chooses a subprotocol from `subprotocols` (the topic's
+/// `websocket.subprotocols`) and negotiates compression (`allow_deflate` = the topic's
 /// `deflate` setting).
-pub fn accept(request: &RequestHeader, allow_deflate: bool) -> Result<Accepted, Rejection> {
+pub fn accept(
+    request: &RequestHeader,
+    allow_deflate: bool,
+    subprotocols: &[String],
+) -> Result<Accepted, Rejection> {
     if request.method != http::Method::GET {
-        return Err(Rejection {
-            status: 405,
-            reason: "a WebSocket upgrade must be a GET",
-        });
+        return Err(reject(405, "a WebSocket upgrade must be a GET"));
     }
     if !has_token(request, "upgrade", "websocket") || !has_token(request, "connection", "upgrade") {
-        return Err(Rejection {
-            status: 400,
-            reason: "a WebSocket upgrade needs `Upgrade: websocket` and `Connection: Upgrade`",
-        });
+        return Err(reject(
+            400,
+            "a WebSocket upgrade needs `Upgrade: websocket` and `Connection: Upgrade`",
+        ));
     }
     if header_values(request, "sec-websocket-version").next() != Some("13") {
-        return Err(Rejection {
-            status: 426,
-            reason: "only WebSocket version 13 is supported",
-        });
+        return Err(reject(426, "only WebSocket version 13 is supported"));
     }
     let key = header_values(request, "sec-websocket-key")
         .next()
@@ -66,11 +88,9 @@ pub fn accept(request: &RequestHeader, allow_deflate: bool) -> Result<Accepted, 
         .decode(key)
         .is_ok_and(|decoded| decoded.len() == 16);
     if !key_is_valid {
-        return Err(Rejection {
-            status: 400,
-            reason: "`Sec-WebSocket-Key` must be 16 bytes in base64",
-        });
+        return Err(reject(400, "`Sec-WebSocket-Key` must be 16 bytes in base64"));
     }
+    let subprotocol = choose_subprotocol(request, subprotocols)?;
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
     sha.update(GUID.as_bytes());
@@ -82,23 +102,56 @@ pub fn accept(request: &RequestHeader, allow_deflate: bool) -> Result<Accepted, 
     } else {
         None
     };
-    Ok(Accepted { accept, deflate })
+    Ok(Accepted {
+        accept,
+        deflate,
+        subprotocol,
+    })
 }
 
-/// The response to one permessage-deflate offer, or `None` to decline it.
+/// The first subprotocol the client offers that is in `served`, to be echoed in the `101`.
+/// A client offering none gets none. With a list configured, a client offering only others
+/// is refused (a browser would fail the connection anyway, RFC 6455 §4.1: better a status
+/// and a reason). With no list, offers are ignored and no subprotocol is answered.
+fn choose_subprotocol(request: &RequestHeader, served: &[String]) -> Result<Option<String>, Rejection> {
+    let mut offered = header_values(request, "sec-websocket-protocol")
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|offer| !offer.is_empty())
+        .peekable();
+    if served.is_empty() || offered.peek().is_none() {
+        return Ok(None);
+    }
+    // Subprotocol names are compared as written: they are case-sensitive tokens.
+    match offered.find(|offer| served.iter().any(|name| name == offer)) {
+        Some(chosen) => Ok(Some(chosen.to_string())),
+        None => Err(Rejection {
+            status: 400,
+            reason: Cow::Owned(format!(
+                "none of the offered subprotocols (`Sec-WebSocket-Protocol`) is served here; offer one of: {}",
+                served.join(", ")
+            )),
+        }),
+    }
+}
+
+/// The agreement for one permessage-deflate offer, or `None` to decline it.
 ///
 /// The server always answers `server_no_context_takeover`: each hub message is then
-/// compressed once, independently, and the same bytes are valid for every client. An offer
-/// that asks the server for a window smaller than 15 bits is declined (the shared
-/// compressed bytes use the full window). `client_max_window_bits` is never constrained:
-/// the server's inflater accepts any window.
-fn negotiate_offer(offer: &str) -> Option<String> {
+/// compressed once per window size, independently, and the same bytes are valid for every
+/// client that negotiated that window. An offer asking for `server_max_window_bits` from 9
+/// to 14 gets it (and the answer names it); one asking for 8 is declined, since zlib cannot
+/// deflate raw data with a 256-byte window (RFC 7692 §7.1.2.1 lets a server decline what it
+/// cannot honour). `client_max_window_bits` is never constrained: the server's inflater
+/// accepts any window, so the parameter is left out of the answer (§7.1.2.2).
+fn negotiate_offer(offer: &str) -> Option<Deflate> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
         return None;
     }
     let mut seen: Vec<String> = Vec::new();
     let mut client_no_context_takeover = false;
+    let mut window = WindowBits::FULL;
     for parameter in parts {
         let (name, value) = match parameter.split_once('=') {
             Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
@@ -112,11 +165,7 @@ fn negotiate_offer(offer: &str) -> Option<String> {
         match (name.as_str(), value) {
             ("server_no_context_takeover", None) => {}
             ("client_no_context_takeover", None) => client_no_context_takeover = true,
-            ("server_max_window_bits", Some(bits)) => {
-                if bits.parse::<u8>().ok()? != 15 {
-                    return None;
-                }
-            }
+            ("server_max_window_bits", Some(bits)) => window = WindowBits::new(bits.parse::<u8>().ok()?)?,
             ("client_max_window_bits", None) => {}
             ("client_max_window_bits", Some(bits)) => {
                 if !(8..=15).contains(&bits.parse::<u8>().ok()?) {
@@ -127,10 +176,13 @@ fn negotiate_offer(offer: &str) -> Option<String> {
         }
     }
     let mut response = String::from("permessage-deflate; server_no_context_takeover");
+    if window != WindowBits::FULL {
+        response.push_str(&format!("; server_max_window_bits={}", window.get()));
+    }
     if client_no_context_takeover {
         response.push_str("; client_no_context_takeover");
     }
-    Some(response)
+    Some(Deflate { response, window })
 }
 
 #[cfg(test)]
@@ -157,69 +209,130 @@ mod tests {
         request
     }
 
+    fn deflate(extensions: &str) -> Option<String> {
+        accept(&request(Some(extensions)), true, &[])
+            .expect("valid")
+            .deflate
+            .map(|deflate| deflate.response)
+    }
+
     #[test]
     fn computes_the_rfc_6455_example_accept_key() {
-        let accepted = accept(&request(None), true).expect("valid upgrade");
+        let accepted = accept(&request(None), true, &[]).expect("valid upgrade");
         assert_eq!(accepted.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(accepted.deflate, None);
+        assert_eq!(accepted.subprotocol, None);
     }
 
     #[test]
     fn negotiates_deflate_with_server_no_context_takeover() {
-        let accepted =
-            accept(&request(Some("permessage-deflate; client_max_window_bits")), true).expect("valid");
         assert_eq!(
-            accepted.deflate.as_deref(),
+            deflate("permessage-deflate; client_max_window_bits").as_deref(),
             Some("permessage-deflate; server_no_context_takeover")
         );
-        let accepted = accept(
-            &request(Some("permessage-deflate; client_no_context_takeover")),
-            true,
-        )
-        .expect("valid");
         assert_eq!(
-            accepted.deflate.as_deref(),
+            deflate("permessage-deflate; client_no_context_takeover").as_deref(),
             Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
         );
-        let disabled = accept(&request(Some("permessage-deflate")), false).expect("valid");
+        let disabled = accept(&request(Some("permessage-deflate")), false, &[]).expect("valid");
         assert_eq!(disabled.deflate, None);
+    }
+
+    #[test]
+    fn accepts_smaller_server_windows_and_names_them() {
+        for bits in 9..=14u8 {
+            let accepted = accept(
+                &request(Some(&format!(
+                    "permessage-deflate; server_max_window_bits={bits}; client_max_window_bits"
+                ))),
+                true,
+                &[],
+            )
+            .expect("valid");
+            let deflate = accepted.deflate.expect("negotiated");
+            assert_eq!(deflate.window, WindowBits::new(bits).expect("in range"));
+            assert_eq!(
+                deflate.response,
+                format!("permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}")
+            );
+        }
+        let full = accept(
+            &request(Some("permessage-deflate; server_max_window_bits=15")),
+            true,
+            &[],
+        )
+        .expect("valid")
+        .deflate
+        .expect("negotiated");
+        assert_eq!(full.window, WindowBits::FULL);
+        assert_eq!(full.response, "permessage-deflate; server_no_context_takeover");
     }
 
     #[test]
     fn declines_offers_it_cannot_honour_and_takes_the_next() {
         let offers =
-            "permessage-deflate; server_max_window_bits=10, permessage-deflate; client_max_window_bits=12";
-        let accepted = accept(&request(Some(offers)), true).expect("valid");
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits=12";
         assert_eq!(
-            accepted.deflate.as_deref(),
+            deflate(offers).as_deref(),
             Some("permessage-deflate; server_no_context_takeover")
         );
         for bad in [
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
             "permessage-deflate; mystery",
             "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
             "x-webkit-deflate-frame",
         ] {
-            assert_eq!(
-                accept(&request(Some(bad)), true).expect("valid").deflate,
-                None,
-                "{bad}"
-            );
+            assert_eq!(deflate(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn chooses_the_first_offered_subprotocol_that_is_served() {
+        let served = ["graphql-ws".to_string(), "v2.chat".to_string()];
+        let mut offering = request(None);
+        offering
+            .insert_header("Sec-WebSocket-Protocol", "mqtt, v2.chat, graphql-ws")
+            .expect("valid");
+        let accepted = accept(&offering, true, &served).expect("valid");
+        assert_eq!(accepted.subprotocol.as_deref(), Some("v2.chat"));
+        // Offers without a list configured are ignored, as before.
+        assert_eq!(accept(&offering, true, &[]).expect("valid").subprotocol, None);
+        // No offer, no subprotocol, even with a list.
+        assert_eq!(
+            accept(&request(None), true, &served).expect("valid").subprotocol,
+            None
+        );
+
+        let mut unknown = request(None);
+        unknown
+            .append_header("Sec-WebSocket-Protocol", "mqtt")
+            .expect("valid");
+        unknown
+            .append_header("Sec-WebSocket-Protocol", "V2.CHAT")
+            .expect("valid");
+        let refused = accept(&unknown, true, &served).expect_err("refused");
+        assert_eq!(refused.status, 400);
+        assert!(
+            refused.reason.contains("graphql-ws, v2.chat"),
+            "{}",
+            refused.reason
+        );
     }
 
     #[test]
     fn rejects_bad_upgrades_with_reasons() {
         let mut no_key = request(None);
         no_key.remove_header("Sec-WebSocket-Key");
-        assert_eq!(accept(&no_key, true).err().map(|r| r.status), Some(400));
+        assert_eq!(accept(&no_key, true, &[]).err().map(|r| r.status), Some(400));
         let mut old = request(None);
         old.insert_header("Sec-WebSocket-Version", "8").expect("valid");
-        assert_eq!(accept(&old, true).err().map(|r| r.status), Some(426));
+        assert_eq!(accept(&old, true, &[]).err().map(|r| r.status), Some(426));
         let mut no_upgrade = request(None);
         no_upgrade
             .insert_header("Connection", "keep-alive")
             .expect("valid");
-        assert_eq!(accept(&no_upgrade, true).err().map(|r| r.status), Some(400));
+        assert_eq!(accept(&no_upgrade, true, &[]).err().map(|r| r.status), Some(400));
     }
 }

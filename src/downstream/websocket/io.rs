@@ -97,6 +97,19 @@ impl FrameWatcher {
     }
 }
 
+/// A complete server close frame (FIN, opcode 8, unmasked) with `code` and `reason`, for
+/// writing through [`RawWriter`] when yawc's own close frame carries the wrong code.
+/// `reason` must fit a control frame (123 bytes with the code); longer is cut.
+pub fn close_frame_bytes(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x88);
+    frame.push(2 + reason.len() as u8);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
 impl AsyncRead for SharedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *lock(&self.shared)).poll_read(cx, buf)
@@ -163,6 +176,15 @@ mod tests {
             watcher.observe(chunk);
         }
         flag.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn close_frames_carry_code_and_reason() {
+        assert_eq!(
+            close_frame_bytes(1002, "no"),
+            vec![0x88, 4, 0x03, 0xEA, b'n', b'o']
+        );
+        assert_eq!(close_frame_bytes(1000, &"x".repeat(300)).len(), 2 + 125);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! UTF-8 checks, inflating and the close handshake. Hub messages bypass yawc's per-client
 //! compressor: their frames are encoded and deflated once per message (see `io`).
 
+mod close;
 mod connection;
 pub mod handshake;
 mod io;
@@ -91,7 +92,7 @@ pub async fn serve(
     expiry: Option<super::auth::Expiry>,
     in_flight: InFlightGuard,
 ) -> Result<()> {
-    let accepted = match handshake::accept(session.req_header(), spec.deflate) {
+    let accepted = match handshake::accept(session.req_header(), spec.deflate, &spec.subprotocols) {
         Ok(accepted) => accepted,
         Err(rejection) => {
             let extra = if rejection.status == 426 {
@@ -99,7 +100,7 @@ pub async fn serve(
             } else {
                 Vec::new()
             };
-            return respond_reason(session, rejection.status, rejection.reason, &extra).await;
+            return respond_reason(session, rejection.status, &rejection.reason, &extra).await;
         }
     };
     if let Target::Topic {
@@ -139,12 +140,15 @@ pub async fn serve(
         Target::Echo => Feed::Echo,
     };
 
-    let mut response = ResponseHeader::build(101, Some(4))?;
+    let mut response = ResponseHeader::build(101, Some(5))?;
     response.insert_header("Upgrade", "websocket")?;
     response.insert_header("Connection", "Upgrade")?;
     response.insert_header("Sec-WebSocket-Accept", accepted.accept.as_str())?;
-    if let Some(extension) = &accepted.deflate {
-        response.insert_header("Sec-WebSocket-Extensions", extension.as_str())?;
+    if let Some(deflate) = &accepted.deflate {
+        response.insert_header("Sec-WebSocket-Extensions", deflate.response.as_str())?;
+    }
+    if let Some(subprotocol) = &accepted.subprotocol {
+        response.insert_header("Sec-WebSocket-Protocol", subprotocol.as_str())?;
     }
     session.write_response_header(Box::new(response), false).await?;
 
@@ -155,7 +159,7 @@ pub async fn serve(
     };
     let connection = match Connection::new(
         stream,
-        accepted.deflate.as_deref(),
+        accepted.deflate.as_ref(),
         spec,
         write_timeout,
         feed,
