@@ -183,6 +183,28 @@ fn pick_resume(rng: &mut StdRng) -> Resume {
     }
 }
 
+/// How an SSE or WebSocket client goes on after a burst: stays connected (`None`), or
+/// reconnects from its cursor (in history), from a cursor pushed out of history (a flood
+/// first, which moves `latest_cursor`), or from another epoch.
+async fn reconnect_from(
+    rng: &mut StdRng,
+    sidecar: &TestSidecar,
+    path: &str,
+    latest: &mut Value,
+    latest_cursor: &mut String,
+    follower: &Follower,
+) -> Option<String> {
+    match pick_resume(rng) {
+        Resume::None => None,
+        Resume::InHistory => Some(follower.cursor.clone().unwrap()),
+        Resume::Evicted => {
+            *latest_cursor = flood(rng, sidecar, path, latest).await;
+            Some(follower.cursor.clone().unwrap())
+        }
+        Resume::OtherEpoch => Some(OTHER_EPOCH.to_string()),
+    }
+}
+
 /// Applies 1..=3 random edits, publishing each; returns the latest cursor.
 async fn burst(rng: &mut StdRng, sidecar: &TestSidecar, path: &str, latest: &mut Value) -> String {
     let mut cursor = String::new();
@@ -249,16 +271,15 @@ async fn sse_patches_rebuild_every_state_including_resumes() {
         assert_eq!(follower.document.as_ref(), Some(&latest));
         for round in 0..ROUNDS {
             latest_cursor = burst(&mut rng, &sidecar, &path, &mut latest).await;
-            let resume = pick_resume(&mut rng);
-            let from = match resume {
-                Resume::None => None,
-                Resume::InHistory => Some(follower.cursor.clone().unwrap()),
-                Resume::Evicted => {
-                    latest_cursor = flood(&mut rng, &sidecar, &path, &mut latest).await;
-                    Some(follower.cursor.clone().unwrap())
-                }
-                Resume::OtherEpoch => Some(OTHER_EPOCH.to_string()),
-            };
+            let from = reconnect_from(
+                &mut rng,
+                &sidecar,
+                &path,
+                &mut latest,
+                &mut latest_cursor,
+                &follower,
+            )
+            .await;
             if let Some(from) = from {
                 drop(client);
                 client = SseClient::connect(sidecar.port, &stream, &[("Last-Event-ID", &from)]).await;
@@ -294,15 +315,15 @@ async fn websocket_patches_rebuild_every_state_including_resumes() {
         follower.follow_websocket(&mut client, &latest_cursor).await;
         for round in 0..ROUNDS {
             latest_cursor = burst(&mut rng, &sidecar, &path, &mut latest).await;
-            let from = match pick_resume(&mut rng) {
-                Resume::None => None,
-                Resume::InHistory => Some(follower.cursor.clone().unwrap()),
-                Resume::Evicted => {
-                    latest_cursor = flood(&mut rng, &sidecar, &path, &mut latest).await;
-                    Some(follower.cursor.clone().unwrap())
-                }
-                Resume::OtherEpoch => Some(OTHER_EPOCH.to_string()),
-            };
+            let from = reconnect_from(
+                &mut rng,
+                &sidecar,
+                &path,
+                &mut latest,
+                &mut latest_cursor,
+                &follower,
+            )
+            .await;
             if let Some(from) = from {
                 drop(client);
                 let url = format!("{path}?delta=json-patch&cursor={from}");
