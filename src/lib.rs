@@ -29,8 +29,10 @@
 //! - **topic**: a `[[topic]]` of the config: a client path template such as
 //!   `/api/prices/{symbol}` and the backend source behind it. Each distinct set of path
 //!   values is a **topic instance** ([`hub::TopicKey`]), with its own upstream task.
-//! - **message**: one published payload with its cursor and its pre-encoded wire frames
-//!   ([`hub::Message`]), shared as `Bytes` by every subscriber (encode once, write many).
+//! - **message**: one published payload with its cursor ([`hub::Message`]) and a cache of
+//!   its wire forms ([`hub::encodings`]): each transport encodes a message once, on first
+//!   delivery and outside the topic's lock ([`downstream::wire`]), and every subscriber
+//!   shares those `Bytes` (encode once, write many).
 //! - **cursor**: `{epoch}-{seq}` ([`hub::Cursor`]); `seq` grows by one per message, `epoch`
 //!   changes when history is lost. It is the SSE `id` and every transport's resume token.
 //! - **subscriber**: one client's bounded queue ([`hub::subscriber`]) with the topic's
@@ -52,9 +54,11 @@
 //! - [`config`]: TOML → typed settings; every error at once with `file:line:col`.
 //! - [`upstream`]: backend client (pingora connector), poll and stream sources, backoff,
 //!   circuit breaker.
-//! - [`hub`]: topics, cursor, history, subscribers, registry. Knows nothing of HTTP.
+//! - [`hub`]: topics, cursor, history, subscribers, registry, the per-message encoding
+//!   cache. Knows nothing of HTTP, pingora, metrics or any transport's framing.
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
-//!   `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
+//!   `wire/` (every wire encoding: SSE, HTTP chunks, JSON envelopes, WebSocket frames and
+//!   deflate), `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
 //!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`; [`metrics`] defines every metric.

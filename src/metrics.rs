@@ -380,14 +380,4 @@ impl crate::hub::HubEvents for Metrics {
             .with_label_values(&[topic])
             .inc_by(full_bytes as u64);
     }
-
-    fn deflated(&self, bytes_in: usize, bytes_out: usize) {
-        self.websocket_deflate_compressions.inc();
-        self.websocket_deflate_bytes
-            .with_label_values(&["in"])
-            .inc_by(bytes_in as u64);
-        self.websocket_deflate_bytes
-            .with_label_values(&["out"])
-            .inc_by(bytes_out as u64);
-    }
 }

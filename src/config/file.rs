@@ -5,7 +5,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::hub::{Envelope, Mode, OverflowPolicy};
+use super::Envelope;
+use crate::hub::{Mode, OverflowPolicy};
 
 pub type Field<T> = Option<Spanned<T>>;
 

@@ -18,7 +18,7 @@ pub use file::Transport;
 pub use security::{AuthKind, AuthSpec, CallbackSpec, CorsSettings, JwtKeys, JwtSpec, Limits, Secret};
 pub use template::{PathTemplate, UrlTemplate};
 
-use crate::hub::{Envelope, Mode, TopicSettings};
+use crate::hub::{Mode, TopicSettings};
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -39,6 +39,16 @@ pub struct Config {
 pub struct EchoSpec {
     pub path: String,
     pub websocket: WebsocketSpec,
+}
+
+/// What a WebSocket message of a topic carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// The payload as the backend sent it (text if UTF-8, else binary).
+    Raw,
+    /// `{"id","event","data"}`, as in long-poll batches.
+    Json,
 }
 
 /// A topic's WebSocket settings.

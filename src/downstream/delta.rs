@@ -1,15 +1,17 @@
 //! `?delta=json-patch`: a client of a topic with `deltas = true` asks for RFC 6902 patches
 //! instead of full states. This is the transports' side: the request flag, and the wire
 //! form of a patch on WebSocket and long poll (SSE frames its own in `sse`). The patch of a
-//! message is encoded once per encoding and shared (see [`Delta::encoded`]).
+//! message is encoded once per wire form and shared (see [`super::wire::patch_slot`]).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::router::query_param;
-use crate::hub::websocket_frame::{deflate_message, encode_frame, WindowBits};
-use crate::hub::{Cursor, Delta, DeltaCursor, DeltaStep, Message, Topic};
+use super::wire::json::encode_patch_entry;
+use super::wire::patch_slot;
+use super::wire::websocket::{deflate_message, encode_frame, WindowBits};
+use crate::hub::{Cursor, DeltaCursor, DeltaStep, Message, Topic};
 use crate::metrics::METRICS;
 
 /// The one delta format there is.
@@ -17,13 +19,6 @@ pub const JSON_PATCH: &str = "json-patch";
 
 /// The media type of a long-poll answer that is a patch (RFC 6902 §6).
 pub const PATCH_CONTENT_TYPE: &str = "application/json-patch+json";
-
-/// Cache slots of a [`Delta`]'s encodings, one per wire form: SSE event, SSE chunk, plain
-/// WebSocket frame, then one deflated WebSocket frame per window size.
-pub const SLOT_SSE_EVENT: usize = 0;
-pub const SLOT_SSE_CHUNK: usize = 1;
-pub const SLOT_WEBSOCKET: usize = 2;
-const SLOT_WEBSOCKET_DEFLATED: usize = 3;
 
 /// Whether the request asks for patches, on a topic that offers them. On a topic without
 /// `deltas` the flag is ignored (full states are always correct); an unknown format is the
@@ -39,24 +34,6 @@ pub fn requested(request: &RequestHeader, topic_has_deltas: bool) -> std::result
     }
 }
 
-/// `{"id","event","patch":[…]}`: the JSON envelope of a patch, next to the full state's
-/// `{"id","event","data"}`. `event` is the topic's event name, as on the full state.
-pub fn json_patch_entry(cursor: Cursor, event: &str, patch: &[u8]) -> Bytes {
-    let mut entry = BytesMut::with_capacity(patch.len() + 64);
-    entry.put_slice(b"{\"id\":\"");
-    entry.put_slice(cursor.to_string().as_bytes());
-    entry.put_slice(b"\",\"event\":");
-    entry.put_slice(
-        serde_json::to_string(event)
-            .unwrap_or_else(|_| "\"message\"".into())
-            .as_bytes(),
-    );
-    entry.put_slice(b",\"patch\":");
-    entry.put_slice(patch);
-    entry.put_u8(b'}');
-    entry.freeze()
-}
-
 fn websocket_patch_frame(
     cursor: Cursor,
     event: &str,
@@ -64,7 +41,7 @@ fn websocket_patch_frame(
     deflate: Option<WindowBits>,
     deflate_min_bytes: usize,
 ) -> Bytes {
-    let entry = json_patch_entry(cursor, event, patch);
+    let entry = encode_patch_entry(cursor, event, patch);
     // Patches are small by design (never larger than the document): deflated inline.
     if let Some(window) = deflate.filter(|_| entry.len() >= deflate_min_bytes) {
         if let Ok(compressed) = deflate_message(&entry, window) {
@@ -76,7 +53,7 @@ fn websocket_patch_frame(
 
 /// The WebSocket frame of `message` for a delta client (JSON envelope), or `None` when the
 /// full state's own frame is what to send.
-pub fn websocket_frame(
+pub async fn websocket_frame(
     deltas: &DeltaCursor,
     message: &Message,
     deflate: Option<WindowBits>,
@@ -94,10 +71,14 @@ pub fn websocket_frame(
         )),
         DeltaStep::Patch(delta) => {
             // Whether it ends up deflated depends only on its size, the same for everyone.
-            let slot = deflate.map_or(SLOT_WEBSOCKET, |window| SLOT_WEBSOCKET_DEFLATED + window.index());
-            Some(delta.encoded(slot, |delta: &Delta| {
-                websocket_patch_frame(message.cursor, event, &delta.patch, deflate, deflate_min_bytes)
-            }))
+            let encode =
+                || websocket_patch_frame(message.cursor, event, &delta.patch, deflate, deflate_min_bytes);
+            let deflated_slot = deflate.and_then(|window| patch_slot::DEFLATED.offset(window.index()));
+            Some(match deflated_slot {
+                // Patches are small by design: deflated inline, but cached per window.
+                Some(slot) => delta.encodings.awaited(slot, || async { encode() }).await,
+                None => delta.encodings.inline(patch_slot::WEBSOCKET, encode),
+            })
         }
     }
 }
@@ -126,20 +107,4 @@ pub fn long_poll_patch(
     let (mut response, _) = super::response::state_response(topic, latest)?;
     response.insert_header("Content-Type", PATCH_CONTENT_TYPE)?;
     Ok(Some((response, patch)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_patch_envelope_is_json_with_the_topic_event_name() {
-        let cursor: Cursor = "1000000-3".parse().expect("cursor");
-        let entry = json_patch_entry(cursor, "price", br#"[{"op":"replace","path":"/p","value":2}]"#);
-        let parsed: serde_json::Value = serde_json::from_slice(&entry).expect("JSON");
-        assert_eq!(parsed["id"], "1000000-3");
-        assert_eq!(parsed["event"], "price");
-        assert_eq!(parsed["patch"][0]["op"], "replace");
-        assert!(parsed.get("data").is_none());
-    }
 }

@@ -17,6 +17,7 @@ pub mod shield;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -199,7 +199,7 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
 
 /// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}` (and
 /// `"skipped"` after a gap), built
-/// from each message's pre-encoded JSON entry.
+/// from each message's JSON entry (encoded once per message).
 pub fn batch_response(
     mode: Mode,
     cursor: Cursor,
@@ -207,14 +207,15 @@ pub fn batch_response(
     reset: bool,
     skipped: u64,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let size: usize = messages.iter().map(|m| m.json_entry.len() + 1).sum();
+    let entries: Vec<Bytes> = messages.iter().map(|m| super::wire::json::entry(m)).collect();
+    let size: usize = entries.iter().map(|entry| entry.len() + 1).sum();
     let mut body = BytesMut::with_capacity(size + 64);
     body.put_slice(format!("{{\"cursor\":\"{cursor}\",\"messages\":[").as_bytes());
-    for (index, message) in messages.iter().enumerate() {
+    for (index, entry) in entries.iter().enumerate() {
         if index > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(&message.json_entry);
+        body.put_slice(entry);
     }
     body.put_slice(format!("],\"reset\":{reset}").as_bytes());
     if skipped > 0 {

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
-use super::delta::{SLOT_SSE_CHUNK, SLOT_SSE_EVENT};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
+use super::wire::patch_slot;
+use super::wire::sse::{self as wire_sse, encode_event, http_chunk};
 use crate::config::TopicSpec;
-use crate::hub::message::encode_sse_frame;
 use crate::hub::{
     CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, Message, Mode, Subscribe, Subscription, Topic,
 };
@@ -66,29 +66,29 @@ pub async fn lapsed_or_never(expiry: Option<&Expiry>) -> Lapse {
 /// always named `patch`, whatever the topic's `event` (full states keep that name), so a
 /// client tells them apart by name alone.
 fn patch_event(cursor: Cursor, patch: &[u8]) -> Bytes {
-    encode_sse_frame(&cursor, Some("patch"), patch)
+    encode_event(&cursor, Some("patch"), patch)
 }
 
 /// The SSE event of `message` for this client: its patch for a delta client that holds
 /// its base, else the full state's shared frame.
 fn event_of(deltas: Option<&DeltaCursor>, message: &Message) -> Bytes {
     match deltas.map(|deltas| deltas.step(message)) {
-        Some(DeltaStep::Patch(delta)) => {
-            delta.encoded(SLOT_SSE_EVENT, |delta| patch_event(message.cursor, &delta.patch))
-        }
+        Some(DeltaStep::Patch(delta)) => delta.encodings.inline(patch_slot::SSE_EVENT, || {
+            patch_event(message.cursor, &delta.patch)
+        }),
         Some(DeltaStep::ResumePatch(patch)) => patch_event(message.cursor, &patch),
-        Some(DeltaStep::Full) | None => message.sse_frame.clone(),
+        Some(DeltaStep::Full) | None => wire_sse::event(message),
     }
 }
 
 /// [`event_of`] as one HTTP chunk, shared by every client that gets the same.
 fn chunk_of(deltas: Option<&DeltaCursor>, message: &Message) -> Bytes {
     match deltas.map(|deltas| deltas.step(message)) {
-        Some(DeltaStep::Patch(delta)) => delta.encoded(SLOT_SSE_CHUNK, |delta| {
+        Some(DeltaStep::Patch(delta)) => delta.encodings.inline(patch_slot::SSE_CHUNK, || {
             http_chunk(&patch_event(message.cursor, &delta.patch))
         }),
         Some(DeltaStep::ResumePatch(patch)) => http_chunk(&patch_event(message.cursor, &patch)),
-        Some(DeltaStep::Full) | None => message.framed_sse(http_chunk),
+        Some(DeltaStep::Full) | None => wire_sse::chunk(message),
     }
 }
 
@@ -364,15 +364,6 @@ impl SseStream {
     }
 }
 
-/// `data` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1).
-fn http_chunk(data: &[u8]) -> Bytes {
-    let mut chunk = Vec::with_capacity(data.len() + 12);
-    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    chunk.extend_from_slice(data);
-    chunk.extend_from_slice(b"\r\n");
-    Bytes::from(chunk)
-}
-
 /// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.
 async fn write_chunk(writer: &mut Stream, chunk: Bytes, limit: Duration) -> bool {
     let write = async {
@@ -387,9 +378,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_carry_their_hex_length() {
-        assert_eq!(&http_chunk(b"data: x\n\n")[..], b"9\r\ndata: x\n\n\r\n");
-        assert_eq!(&http_chunk(&[b'a'; 26])[..4], b"1a\r\n");
+    fn the_keepalive_constant_is_the_chunk_of_its_comment() {
         assert_eq!(
             &http_chunk(b": keepalive\n\n")[..],
             KEEPALIVE_CHUNK,

@@ -8,16 +8,14 @@
 //! whole (the client skipped messages, e.g. under `conflate`). Transports encode what it
 //! says; the hub knows nothing of their framing.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::cursor::Cursor;
+use super::encodings::Encodings;
 use super::message::Message;
-
-/// How many encodings of one patch can be cached (the transports number theirs below this).
-pub const DELTA_ENCODINGS: usize = 3 + super::websocket_frame::WindowBits::COUNT;
 
 /// The patch from the previous state to a message's state.
 #[derive(Debug)]
@@ -26,7 +24,9 @@ pub struct Delta {
     pub base: Cursor,
     /// The RFC 6902 patch as compact JSON (one line).
     pub patch: Bytes,
-    encoded: [OnceLock<Bytes>; DELTA_ENCODINGS],
+    /// The transports' encodings of the patch, made by the first client that needs each
+    /// and shared by the others (encode once, write many).
+    pub encodings: Encodings,
 }
 
 impl Delta {
@@ -34,16 +34,7 @@ impl Delta {
         Delta {
             base,
             patch,
-            encoded: Default::default(),
-        }
-    }
-
-    /// The patch in a transport's encoding `slot`, made by the first client that asks and
-    /// shared by the others (encode once, write many). A slot out of range is not cached.
-    pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Delta) -> Bytes) -> Bytes {
-        match self.encoded.get(slot) {
-            Some(cell) => cell.get_or_init(|| encode(self)).clone(),
-            None => encode(self),
+            encodings: Encodings::default(),
         }
     }
 }

@@ -12,8 +12,6 @@ pub trait HubEvents: Send + Sync {
     fn published(&self, _topic: &str, _policy: &'static str, _dropped: u64, _disconnected: u64) {}
     /// A subscriber resumed from a cursor: `outcome` is `replayed` or `reset`.
     fn resumed(&self, _topic: &str, _outcome: &'static str) {}
-    /// A message was deflated once for every WebSocket client: `bytes_in` → `bytes_out`.
-    fn deflated(&self, _bytes_in: usize, _bytes_out: usize) {}
     /// A JSON Patch was computed for `topic` (`kind`: `publish`, once per message, or
     /// `resume`, once per resuming client): `patch_bytes` against a `document_bytes` state
     /// (not smaller: the full state goes instead).

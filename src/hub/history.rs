@@ -33,7 +33,6 @@ pub struct History {
     epoch: Epoch,
     last_seq: u64,
     ring: VecDeque<Arc<Message>>,
-    bytes: usize,
     limits: HistoryLimits,
     /// Set while the ring continues another epoch's sequence under a new one (a clustered
     /// sidecar serving alone while Redis is gone): that epoch and its last seq. A client
@@ -50,7 +49,6 @@ impl History {
             epoch,
             last_seq: 0,
             ring: VecDeque::new(),
-            bytes: 0,
             limits,
             continues: None,
             deltas: None,
@@ -85,13 +83,16 @@ impl History {
         let mut message = Message::new(cursor, payload);
         message.delta = delta;
         let message = Arc::new(message);
-        self.bytes += message.weight();
         self.ring.push_back(message.clone());
+        // Weighed again now: the transports encode kept messages on first use (an SSE
+        // chunk, a deflated frame per window size), so what each holds grows after it was
+        // appended. One pass over at most `max_messages` lengths per publish.
+        let mut bytes = self.bytes();
         while self.ring.len() > 1
-            && (self.ring.len() > self.limits.max_messages || self.bytes > self.limits.max_bytes)
+            && (self.ring.len() > self.limits.max_messages || bytes > self.limits.max_bytes)
         {
             if let Some(evicted) = self.ring.pop_front() {
-                self.bytes -= evicted.weight();
+                bytes = bytes.saturating_sub(evicted.weight());
             }
         }
         message
@@ -118,7 +119,6 @@ impl History {
         self.continues = None;
         self.last_seq = top;
         self.ring.clear();
-        self.bytes = 0;
         if let Some(deltas) = &mut self.deltas {
             deltas.clear();
         }
@@ -202,8 +202,9 @@ impl History {
         self.ring.is_empty()
     }
 
+    /// Bytes the kept messages hold now, with every encoding made of them so far.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.ring.iter().map(|message| message.weight()).sum()
     }
 }
 
@@ -345,5 +346,22 @@ mod tests {
         assert_eq!(history.len(), 1);
         assert_eq!(history.latest().map(|m| m.cursor.seq), Some(2));
         assert_eq!(history.bytes(), history.latest().map_or(0, |m| m.weight()));
+    }
+
+    #[test]
+    fn encodings_made_after_the_append_count_against_the_byte_limit() {
+        use crate::hub::encodings::InlineSlot;
+        let mut history = history(100, 50);
+        let first = history.append(payload("0123456789"));
+        history.append(payload("0123456789"));
+        assert_eq!((history.len(), history.bytes()), (2, 20));
+        // A transport frames the first message: 35 bytes more held by the ring.
+        first
+            .encodings
+            .inline(InlineSlot::new(1), || Bytes::from(vec![b'x'; 35]));
+        assert_eq!(history.bytes(), 55);
+        history.append(payload("0123456789"));
+        assert_eq!(history.len(), 2, "the framed message no longer fits: evicted");
+        assert_eq!(history.bytes(), 20);
     }
 }

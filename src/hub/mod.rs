@@ -1,8 +1,10 @@
 //! The hub: topics, cursors, history, latest state and subscribers. It knows nothing of
-//! HTTP or pingora; upstreams publish into it and downstream transports subscribe to it.
+//! HTTP, pingora or any transport's framing; upstreams publish into it and downstream
+//! transports subscribe to it and cache their encodings of each message in it.
 
 pub mod cursor;
 pub mod delta;
+pub mod encodings;
 pub mod events;
 pub mod history;
 pub mod message;
@@ -10,7 +12,6 @@ pub mod registry;
 pub mod subscriber;
 pub mod topic;
 pub mod topic_key;
-pub mod websocket_frame;
 
 pub use cursor::{Cursor, CursorParseError, Epoch};
 pub use delta::{Delta, DeltaCursor, DeltaStep};
@@ -21,4 +22,3 @@ pub use registry::{Registry, UpstreamLauncher};
 pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
 pub use topic::{Mode, Published, Resume, Subscribe, Subscription, Topic, TopicSettings};
 pub use topic_key::TopicKey;
-pub use websocket_frame::Envelope;

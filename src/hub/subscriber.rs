@@ -107,7 +107,7 @@ impl SubscriberQueue {
             return OverflowCounts::default();
         }
         let before = state.counts;
-        let weight = message.weight();
+        let weight = message.payload_bytes();
         let full = |state: &QueueState| {
             state.items.len() + 1 > self.limits.max_messages
                 || (!state.items.is_empty() && state.bytes + weight > self.limits.max_bytes)
@@ -126,7 +126,7 @@ impl SubscriberQueue {
                         let Some(oldest) = state.items.pop_front() else {
                             break;
                         };
-                        state.bytes -= oldest.weight();
+                        state.bytes -= oldest.payload_bytes();
                         state.skipped += 1;
                         state.counts.dropped += 1;
                     }
@@ -169,7 +169,7 @@ impl SubscriberQueue {
     pub fn try_recv(&self) -> Option<Delivery> {
         let mut state = self.lock();
         if let Some(message) = state.items.pop_front() {
-            state.bytes -= message.weight();
+            state.bytes -= message.payload_bytes();
             let skipped = std::mem::take(&mut state.skipped);
             return Some(Delivery::Message { message, skipped });
         }
@@ -285,7 +285,7 @@ mod tests {
         let queue = SubscriberQueue::new(
             QueueLimits {
                 max_messages: 100,
-                max_bytes: message(1).weight() * 2,
+                max_bytes: message(1).payload_bytes() * 2,
             },
             OverflowPolicy::DropOldest,
         );

@@ -11,7 +11,8 @@ use super::super::security::AuthSpec;
 use super::super::template::{PathTemplate, UrlTemplate};
 use super::super::{EchoSpec, PollSpec, SourceSpec, StreamSpec, TopicSpec, WebsocketSpec};
 use super::Checker;
-use crate::hub::{Envelope, HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
+use crate::config::Envelope;
+use crate::hub::{HistoryLimits, Mode, OverflowPolicy, QueueLimits, TopicSettings};
 use crate::upstream::ignore_fields::FieldPattern;
 
 impl Checker<'_> {

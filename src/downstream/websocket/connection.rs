@@ -21,9 +21,10 @@ use super::super::auth::{Expiry, Lapse};
 use super::super::sse::lapsed_or_never;
 use super::handshake::Deflate;
 use super::io::{share, RawWriter, SharedStream};
+use crate::config::Envelope;
 use crate::config::WebsocketSpec;
-use crate::hub::websocket_frame::WindowBits;
-use crate::hub::{CloseReason, Cursor, Delivery, Envelope, Message, Mode, Subscribe, Subscription};
+use crate::downstream::wire::websocket::{encode_frame, message_frame, WindowBits};
+use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Subscription};
 use crate::metrics::{SubscriberGauge, METRICS};
 use crate::upstream::UpstreamClient;
 
@@ -327,11 +328,7 @@ impl Connection {
             ..message.cursor
         };
         let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\",\"skipped\":{skipped}}}");
-        Some(crate::hub::websocket_frame::encode_frame(
-            notice.as_bytes(),
-            true,
-            false,
-        ))
+        Some(encode_frame(notice.as_bytes(), true, false))
     }
 
     /// Writes pre-encoded frames straight to the socket, after yawc's own buffer is empty
@@ -509,13 +506,12 @@ impl FrameKind<'_> {
         if let Some(deltas) = self.deltas {
             if let Some(frame) =
                 super::super::delta::websocket_frame(deltas, message, self.deflate, self.deflate_min_bytes)
+                    .await
             {
                 return frame;
             }
         }
-        message
-            .websocket_frame(self.envelope, self.deflate, self.deflate_min_bytes)
-            .await
+        message_frame(message, self.envelope, self.deflate, self.deflate_min_bytes).await
     }
 }
 

@@ -7,7 +7,7 @@ use base64::Engine;
 use pingora_http::RequestHeader;
 use sha1::{Digest, Sha1};
 
-use crate::hub::websocket_frame::WindowBits;
+use crate::downstream::wire::websocket::WindowBits;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 

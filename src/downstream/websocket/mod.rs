@@ -122,7 +122,7 @@ pub async fn serve(
             };
             // `?delta=json-patch` needs the JSON envelope: raw payloads cannot say "patch".
             let deltas = match super::delta::requested(session.req_header(), topic.settings().deltas) {
-                Ok(deltas) => deltas && spec.envelope == crate::hub::Envelope::Json,
+                Ok(deltas) => deltas && spec.envelope == crate::config::Envelope::Json,
                 Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
             };
             let (subscribed, deltas) = if deltas {

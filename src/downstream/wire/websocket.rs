@@ -1,9 +1,14 @@
-//! WebSocket data frames for hub messages, encoded (and deflated) once per message and shared
-//! by every subscriber: the same bytes are written to every socket.
+//! WebSocket data frames (RFC 6455) of hub messages, plain or deflated (RFC 7692) per window
+//! size, encoded once per message and shared by every subscriber: the same bytes are
+//! written to every socket.
 
 use bytes::{BufMut, Bytes, BytesMut};
-
 use flate2::{Compress, CompressError, Compression, FlushCompress};
+
+use super::message_slot;
+use crate::config::Envelope;
+use crate::hub::Message;
+use crate::metrics::METRICS;
 
 /// Payloads at least this large are deflated on tokio's blocking pool rather than on the
 /// runtime thread that first needs the frame. At `Compression::fast()` zlib-ng deflates
@@ -12,16 +17,6 @@ use flate2::{Compress, CompressError, Compression, FlushCompress};
 /// the hand-off itself costs (a thread switch and a wake-up, tens of µs), which would
 /// dominate for the usual messages of a few hundred bytes.
 pub const DEFLATE_OFF_RUNTIME_BYTES: usize = 64 * 1024;
-
-/// What a WebSocket message of a topic carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Envelope {
-    /// The payload as the backend sent it (text if UTF-8, else binary).
-    Raw,
-    /// `{"id","event","data"}`, as in long-poll batches.
-    Json,
-}
 
 /// The LZ77 window the server deflates a client's messages with (RFC 7692 §7.1.2.1
 /// `server_max_window_bits`), in bits. The RFC allows 8 to 15; zlib cannot deflate raw
@@ -55,6 +50,44 @@ impl WindowBits {
 
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
+
+/// The WebSocket frame of `message` for `envelope`, deflated with the `deflate` window when
+/// there is one (and the payload is at least `deflate_min_bytes`). Encoded once per message
+/// and window size, whatever the number of clients.
+pub async fn message_frame(
+    message: &Message,
+    envelope: Envelope,
+    deflate: Option<WindowBits>,
+    deflate_min_bytes: usize,
+) -> Bytes {
+    let (payload, plain_slot, deflated_slot) = match envelope {
+        Envelope::Raw => (
+            message.data.clone(),
+            message_slot::WEBSOCKET_RAW,
+            message_slot::DEFLATED_RAW,
+        ),
+        Envelope::Json => (
+            super::json::entry(message),
+            message_slot::WEBSOCKET_JSON,
+            message_slot::DEFLATED_JSON,
+        ),
+    };
+    // Only looked at when a frame is made, not on every delivery.
+    let text = || envelope == Envelope::Json || std::str::from_utf8(&payload).is_ok();
+    let window = deflate.filter(|_| payload.len() >= deflate_min_bytes);
+    match window.and_then(|window| Some((window, deflated_slot.offset(window.index())?))) {
+        None => message
+            .encodings
+            .inline(plain_slot, || encode_frame(&payload, text(), false)),
+        Some((window, slot)) => {
+            let text = text();
+            message
+                .encodings
+                .awaited(slot, || deflated_frame(payload, text, window))
+                .await
+        }
+    }
+}
 
 /// A complete unmasked server frame: FIN, RSV1 when `compressed`, opcode, length, payload.
 pub fn encode_frame(payload: &[u8], text: bool, compressed: bool) -> Bytes {
@@ -96,9 +129,16 @@ pub fn deflate_message(payload: &[u8], window: WindowBits) -> Result<Bytes, Comp
     if output.ends_with(&[0x00, 0x00, 0xFF, 0xFF]) {
         output.truncate(output.len() - 4);
     }
-    if let Some(observer) = super::events::observer() {
-        observer.deflated(payload.len(), output.len());
-    }
+    METRICS.websocket_deflate_compressions.inc();
+    // Once per message and window size, not per delivery: the label lookup is affordable.
+    METRICS
+        .websocket_deflate_bytes
+        .with_label_values(&["in"])
+        .inc_by(payload.len() as u64);
+    METRICS
+        .websocket_deflate_bytes
+        .with_label_values(&["out"])
+        .inc_by(output.len() as u64);
     Ok(Bytes::from(output))
 }
 
@@ -217,5 +257,62 @@ mod tests {
         assert_eq!(WindowBits::new(16), None);
         assert_eq!(WindowBits::new(9).map(WindowBits::index), Some(0));
         assert_eq!(WindowBits::FULL.index(), WindowBits::COUNT - 1);
+    }
+
+    #[tokio::test]
+    async fn websocket_frames_are_shared_per_window_and_large_deflates_leave_the_runtime() {
+        use crate::hub::{Cursor, Epoch, Payload};
+        use futures_util::FutureExt;
+        let message = |seq: u64, data: String| {
+            let cursor = Cursor {
+                epoch: Epoch::from_raw(36u64.pow(6)),
+                seq,
+            };
+            Message::new(
+                cursor,
+                Payload {
+                    data: Bytes::from(data),
+                    ..Payload::default()
+                },
+            )
+        };
+        let small = message(1, "small ".repeat(100));
+        let nine = WindowBits::new(9);
+        let first = message_frame(&small, Envelope::Raw, nine, 0)
+            .now_or_never()
+            .expect("a small payload is deflated inline");
+        let again = message_frame(&small, Envelope::Raw, nine, 0).await;
+        assert_eq!(first.as_ptr(), again.as_ptr(), "one shared frame per window size");
+        assert_eq!(first[0], 0xC1, "FIN, RSV1, text");
+        let full = message_frame(&small, Envelope::Raw, Some(WindowBits::FULL), 0).await;
+        assert_ne!(first.as_ptr(), full.as_ptr(), "another window, another frame");
+        let plain = message_frame(&small, Envelope::Raw, None, 0).await;
+        assert_eq!(plain[0], 0x81);
+        let below_minimum = message_frame(&small, Envelope::Raw, nine, 10_000).await;
+        assert_eq!(below_minimum.as_ptr(), plain.as_ptr());
+        let json = message_frame(&small, Envelope::Json, nine, 0).await;
+        assert_ne!(json.as_ptr(), first.as_ptr(), "each envelope has its own frames");
+        assert_eq!(
+            small.weight(),
+            small.data.len()
+                + first.len()
+                + full.len()
+                + plain.len()
+                + json.len()
+                + super::super::json::entry(&small).len(),
+            "every frame made is counted in the weight"
+        );
+
+        let big = message(2, "big ".repeat(DEFLATE_OFF_RUNTIME_BYTES / 4));
+        let mut first = Box::pin(message_frame(&big, Envelope::Raw, nine, 0));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "a large deflate is handed to the blocking pool, not done in this poll"
+        );
+        // A second client meanwhile awaits the same deflate instead of blocking or redoing it.
+        let (first, second) = tokio::join!(first, message_frame(&big, Envelope::Raw, nine, 0));
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert_eq!(first[0], 0xC1);
+        assert!(first.len() < big.data.len() / 10);
     }
 }
