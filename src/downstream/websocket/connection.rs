@@ -86,6 +86,31 @@ pub struct Connection {
     inbound_rate: RateLimit,
     /// Inbound POSTs in flight, off the connection loop (bounded by MAX_INBOUND_IN_FLIGHT).
     inbound_replies: InboundReplies,
+    /// This connection's metric handles, looked up once (not per write).
+    counters: WriteCounters,
+}
+
+/// The counters every write bumps, resolved from their labels once per connection.
+struct WriteCounters {
+    /// Hub messages delivered (none for the echo route).
+    deliveries: Option<prometheus::IntCounter>,
+    bytes_written: prometheus::IntCounter,
+}
+
+impl WriteCounters {
+    fn new(feed: &Feed) -> Self {
+        WriteCounters {
+            deliveries: match feed {
+                Feed::Topic { subscribed, .. } => Some(
+                    METRICS
+                        .deliveries
+                        .with_label_values(&[&subscribed.subscription.topic().key().name, "websocket"]),
+                ),
+                Feed::Echo => None,
+            },
+            bytes_written: METRICS.bytes_written.with_label_values(&["websocket"]),
+        }
+    }
 }
 
 /// A token bucket for client messages: `per_second` refill, a burst of the same size.
@@ -149,10 +174,11 @@ impl Connection {
             spec: spec.clone(),
             write_timeout,
             deflate: deflate.map(|deflate| deflate.window),
-            feed,
             expiry,
             inbound_rate: RateLimit::new(spec.inbound_messages_per_second),
             inbound_replies: FuturesOrdered::new(),
+            counters: WriteCounters::new(&feed),
+            feed,
         })
     }
 
@@ -346,18 +372,11 @@ impl Connection {
         };
         match tokio::time::timeout(self.write_timeout, write).await {
             Ok(result) => {
-                if let Feed::Topic { subscribed, .. } = &self.feed {
-                    let topic: &str = &subscribed.subscription.topic().key().name;
-                    METRICS
-                        .deliveries
-                        .with_label_values(&[topic, "websocket"])
-                        .inc_by(frames.len() as u64);
+                if let Some(deliveries) = &self.counters.deliveries {
+                    deliveries.inc_by(frames.len() as u64);
                 }
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
-                METRICS
-                    .bytes_written
-                    .with_label_values(&["websocket"])
-                    .inc_by(bytes as u64);
+                self.counters.bytes_written.inc_by(bytes as u64);
                 result
             }
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
