@@ -358,3 +358,97 @@ async fn same_message_same_cursor_on_every_transport() {
     .unwrap();
     assert_eq!(short["messages"][0]["id"].as_str(), event.id.as_deref());
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` (or no) body off `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(read > 0, "the connection closed before a response head");
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_ascii_lowercase(), value.trim().to_string())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map_or(0, |(_, value)| value.parse().unwrap());
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the body within 10 s")
+            .unwrap();
+        assert!(read > 0, "the connection closed inside the body");
+        body.extend_from_slice(&chunk[..read]);
+    }
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// A held long poll waits off pingora's request path; its answer must still carry the
+/// CORS headers, and the connection must go back to the keep-alive loop for the next request.
+#[tokio::test]
+async fn a_held_long_poll_answers_with_cors_and_keeps_its_connection() {
+    let backend = TestBackend::start().await;
+    backend.set("/feed-source", Behaviour::Json("0".into()));
+    let topics = format!("{TOPICS}\n[cors]\nallowed_origins = [\"https://app.example.com\"]\n");
+    let sidecar = TestSidecar::start(backend.port, "long_poll_max_wait_ms = 10000", &topics).await;
+    get(sidecar.port, "/feed?wait=0", &[]).await;
+    let topic = sidecar.registry.get(&key("feed", &[])).unwrap();
+    eventually("poller's first message", || topic.cursor().seq >= 1).await;
+    let seen = topic.cursor();
+
+    let mut stream = tokio::net::TcpStream::connect(sidecar.addr()).await.unwrap();
+    let held = format!(
+        "GET /feed?wait=10&cursor={seen} HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\n\r\n"
+    );
+    stream.write_all(held.as_bytes()).await.unwrap();
+    eventually("held", || topic.subscriber_count() == 1).await;
+    backend.set("/feed-source", Behaviour::Json("1".into()));
+    let (status, headers, body) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(header(&headers, "vary"), Some("Origin"));
+    assert_ne!(header(&headers, "connection"), Some("close"));
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["messages"][0]["data"], 1);
+    let cursor = answer["cursor"].as_str().unwrap().to_string();
+    eventually("the held poll is done", || topic.subscriber_count() == 0).await;
+
+    // The same connection serves the next requests: another held poll, then a quick one.
+    let next = format!("GET /feed?wait=10&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(next.as_bytes()).await.unwrap();
+    eventually("held again", || topic.subscriber_count() == 1).await;
+    backend.set("/feed-source", Behaviour::Json("2".into()));
+    let (status, headers, body) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "access-control-allow-origin"), None, "no Origin, no CORS");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["messages"][0]["data"], 2);
+    stream
+        .write_all(b"GET /feed?wait=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, _) = read_response(&mut stream).await;
+    assert_eq!(status, 304, "an event topic without a cursor starts now: nothing yet");
+}

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use futures_util::future::BoxFuture;
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
@@ -25,6 +27,25 @@ use crate::metrics::METRICS;
 
 tokio::task_local! {
     static CONNECTION: Arc<ConnectionTicket>;
+    static KEEP_ALIVE: KeepAlive;
+}
+
+/// Hands a connection back to the HTTP/1.1 keep-alive loop after a request was answered off
+/// pingora's request path (a held long poll: it waits on a small task of its own, not in a
+/// pingora request, and gives the connection back once its answer is written).
+#[derive(Clone)]
+pub struct KeepAlive(Arc<dyn Fn(ReusedHttpStream, Arc<ConnectionTicket>) + Send + Sync>);
+
+impl KeepAlive {
+    /// The current connection's (on the task serving its request).
+    pub fn current() -> Option<KeepAlive> {
+        KEEP_ALIVE.try_with(Clone::clone).ok()
+    }
+
+    /// Serves the connection's next requests on a task of their own, still under `ticket`.
+    pub fn resume(&self, stream: ReusedHttpStream, ticket: Arc<ConnectionTicket>) {
+        (self.0)(stream, ticket)
+    }
 }
 
 /// One accepted connection's place under the caps, released when the last holder drops it:
@@ -78,8 +99,78 @@ impl<A> ConnectionLimit<A> {
     }
 }
 
+impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
+    /// Runs one request (and, inside pingora, the ones it keeps alive for) under the
+    /// connection's ticket, within the header deadline. `None` when the deadline struck.
+    async fn within_header_deadline<T>(
+        &self,
+        ticket: &Arc<ConnectionTicket>,
+        keep_alive: &KeepAlive,
+        request: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        ticket.header.start_request();
+        let request = KEEP_ALIVE.scope(keep_alive.clone(), CONNECTION.scope(Arc::clone(ticket), request));
+        let deadline = async {
+            tokio::time::sleep(self.limits.request_header_timeout).await;
+            if ticket.header.is_complete() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            done = request => Some(done),
+            () = deadline => {
+                METRICS.limit_hits.with_label_values(&["request_header_timeout"]).inc();
+                None
+            }
+        }
+    }
+
+    /// What a detached answer calls to go on with the connection: a task running pingora's
+    /// own HTTP/1.1 keep-alive loop from the reused stream.
+    fn keep_alive(self: &Arc<Self>, shutdown: &ShutdownWatch) -> KeepAlive {
+        let app = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        KeepAlive(Arc::new(move |stream, ticket| {
+            let app = Arc::clone(&app);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { app.serve_reused(stream, &shutdown, ticket).await });
+        }))
+    }
+
+    /// pingora's HTTP/1.1 keep-alive loop (as in its `ServerApp` for HTTP apps), from a
+    /// stream a detached answer gave back. Boxed: it is spawned from `keep_alive`, which
+    /// it calls itself.
+    fn serve_reused<'a>(
+        self: Arc<Self>,
+        reused: ReusedHttpStream,
+        shutdown: &'a ShutdownWatch,
+        ticket: Arc<ConnectionTicket>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let keep_alive = self.keep_alive(shutdown);
+            let mut next = Some(reused);
+            while let Some(reused) = next.take() {
+                let (stream, settings) = reused.consume();
+                let mut session = ServerSession::new_http1(stream);
+                if let Some(settings) = settings {
+                    settings.apply_to_session(&mut session);
+                }
+                if *shutdown.borrow() {
+                    // Stop the client from reusing a connection of a server going away.
+                    session.set_keepalive(None);
+                }
+                let request = self.inner.process_new_http(session, shutdown);
+                match self.within_header_deadline(&ticket, &keep_alive, request).await {
+                    Some(reused) => next = reused,
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let was_open = self.open.fetch_add(1, Ordering::Relaxed);
         let mut ticket = ConnectionTicket {
@@ -113,23 +204,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         ticket.admitted = true;
         METRICS.client_connections.inc();
         let ticket = Arc::new(ticket);
+        let keep_alive = self.keep_alive(shutdown);
         let mut next = Some(HeaderLimited::wrap(stream, Arc::clone(&ticket.header)));
         while let Some(stream) = next.take() {
-            ticket.header.start_request();
-            let request = CONNECTION.scope(Arc::clone(&ticket), self.inner.process_new(stream, shutdown));
-            let deadline = async {
-                tokio::time::sleep(self.limits.request_header_timeout).await;
-                if ticket.header.is_complete() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                reused = request => next = reused,
-                () = deadline => {
-                    METRICS.limit_hits.with_label_values(&["request_header_timeout"]).inc();
-                    return None;
-                }
-            }
+            let request = self.inner.process_new(stream, shutdown);
+            next = self.within_header_deadline(&ticket, &keep_alive, request).await?;
         }
         None
     }

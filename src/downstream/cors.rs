@@ -54,6 +54,55 @@ struct Cors {
     origin: Option<HeaderValue>,
 }
 
+impl Cors {
+    /// What this request's answer is to carry; taken, so it is applied once.
+    fn take_stamp(&mut self) -> CorsStamp {
+        CorsStamp {
+            topic: std::mem::take(&mut self.topic),
+            origin: self.origin.take(),
+            credentials: self.cors.allow_credentials,
+        }
+    }
+}
+
+/// The CORS headers of one topic answer, decided from its request. The module applies
+/// them to every response written through pingora; an answer written off pingora's request
+/// path (a held long poll, answered from a task of its own) takes them along instead.
+#[derive(Debug, Default)]
+pub struct CorsStamp {
+    topic: bool,
+    origin: Option<HeaderValue>,
+    credentials: bool,
+}
+
+impl CorsStamp {
+    /// Takes the request's stamp out of its CORS module (nothing when CORS is off).
+    pub fn take(session: &mut pingora_proxy::Session) -> Self {
+        session
+            .downstream_modules_ctx
+            .get_mut::<Cors>()
+            .map_or_else(CorsStamp::default, Cors::take_stamp)
+    }
+
+    pub fn apply(self, response: &mut ResponseHeader) -> Result<()> {
+        // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
+        // never hands one origin's answer to another (Fetch standard, "CORS protocol and
+        // HTTP caches").
+        if self.topic {
+            response.append_header("Vary", "Origin")?;
+        }
+        let Some(origin) = self.origin else {
+            return Ok(());
+        };
+        response.insert_header("Access-Control-Allow-Origin", origin)?;
+        response.insert_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
+        if self.credentials {
+            response.insert_header("Access-Control-Allow-Credentials", "true")?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl HttpModule for Cors {
     async fn request_header_filter(&mut self, request: &mut RequestHeader) -> Result<()> {
@@ -72,21 +121,7 @@ impl HttpModule for Cors {
     }
 
     async fn response_header_filter(&mut self, response: &mut ResponseHeader, _end: bool) -> Result<()> {
-        // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
-        // never hands one origin's answer to another (Fetch standard, "CORS protocol and
-        // HTTP caches").
-        if std::mem::take(&mut self.topic) {
-            response.append_header("Vary", "Origin")?;
-        }
-        let Some(origin) = self.origin.take() else {
-            return Ok(());
-        };
-        response.insert_header("Access-Control-Allow-Origin", origin)?;
-        response.insert_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
-        if self.cors.allow_credentials {
-            response.insert_header("Access-Control-Allow-Credentials", "true")?;
-        }
-        Ok(())
+        self.take_stamp().apply(response)
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -10,12 +10,20 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 use tokio_util::sync::CancellationToken;
 
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_http::ResponseHeader;
+
+use super::connection_limit::{self, ConnectionTicket, KeepAlive};
+use super::cors::CorsStamp;
+use super::in_flight::InFlightGuard;
+use super::per_ip::IpSlot;
 use super::response::{
-    batch_response, make_private, not_modified, poll_cursor, requested_wait, respond, respond_reason,
-    state_response,
+    batch_response, make_private, not_modified, poll_cursor, prepare_response, requested_wait, respond,
+    respond_reason, state_response, take_connection,
 };
 use crate::config::TopicSpec;
-use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Topic};
+use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Subscription, Topic};
 use crate::metrics::{SubscriberGauge, METRICS};
 
 /// What ends a hold.
@@ -33,12 +41,20 @@ enum Outcome {
     ClientGone,
 }
 
+/// What a held long poll keeps until it has answered, wherever it waits: the drain's count
+/// of requests in flight and the client's per-IP long-poll slot.
+pub struct HoldTicket {
+    pub in_flight: InFlightGuard,
+    pub ip_slot: Option<IpSlot>,
+}
+
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
     spec: &TopicSpec,
     shutdown: &CancellationToken,
     private: bool,
+    ticket: HoldTicket,
 ) -> Result<()> {
     let request = session.req_header();
     let wait = match requested_wait(request, spec.long_poll_max_wait) {
@@ -53,74 +69,185 @@ pub async fn serve(
         Ok(deltas) => deltas,
         Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
     };
-    let outcome = {
-        let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
-        hold(session, &topic, cursor, wait, shutdown).await
+    let answer = Answer {
+        topic,
+        cursor,
+        deltas,
+        private,
     };
-    if let Outcome::Messages { messages, .. } = &outcome {
-        let delivered = if spec.mode() == Mode::State {
-            1
-        } else {
-            messages.len() as u64
-        };
-        METRICS
-            .deliveries
-            .with_label_values(&[&topic.key().name, "long_poll"])
-            .inc_by(delivered);
-    }
-    let mode = spec.mode();
-    let (mut response, body) = match outcome {
-        Outcome::ClientGone => {
-            session.set_keepalive(None);
-            return Ok(());
+    let waiting = match start(&answer.topic, cursor) {
+        Started::Ready(outcome) => return answer.respond(session, outcome).await,
+        Started::Waiting(waiting) => waiting,
+    };
+    // The wait is held on a small task of its own, off pingora's request path, so a held
+    // long poll costs about what an idle SSE stream does; its answer is written straight
+    // to the socket and the connection goes back to the keep-alive loop.
+    match Detached::take(session) {
+        Some(detached) => {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _ticket = ticket;
+                detached.serve(answer, waiting, wait, &shutdown).await;
+            });
+            Ok(())
         }
-        Outcome::NothingNew(position) => (not_modified(position, mode)?, Bytes::new()),
-        Outcome::Messages {
-            messages,
-            reset,
-            position,
-            skipped,
-        } => match (mode, messages.last()) {
-            // A delta client holding a state still in history gets the patch from it.
-            (Mode::State, Some(latest)) => match cursor.filter(|_| deltas && !reset) {
-                Some(base) => match super::delta::long_poll_patch(&topic, base, latest)? {
-                    Some(answer) => answer,
-                    None => state_response(&topic, latest)?,
-                },
-                None => state_response(&topic, latest)?,
-            },
-            (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
-            (Mode::Events, last) => {
-                let cursor = last.map_or(position, |m| m.cursor);
-                batch_response(mode, cursor, &messages, reset, skipped)?
-            }
-        },
-    };
-    if private {
-        make_private(&mut response)?;
+        None => {
+            let outcome = waiting
+                .wait(&answer.topic, wait, shutdown, session.read_body_or_idle(true))
+                .await;
+            answer.respond(session, outcome).await
+        }
     }
-    respond(session, response, body).await
 }
 
-async fn hold(
-    session: &mut Session,
-    topic: &Arc<Topic>,
+/// How to turn a hold's outcome into the answer.
+struct Answer {
+    topic: Arc<Topic>,
     cursor: Option<Cursor>,
-    wait: Duration,
-    shutdown: &CancellationToken,
-) -> Outcome {
-    hold_on(topic, cursor, wait, shutdown, session.read_body_or_idle(true)).await
+    deltas: bool,
+    private: bool,
 }
 
-/// The hold itself, with the client's going away as a future (it ends the hold when it
-/// completes, whatever its output) so that it runs without a pingora session in tests.
-async fn hold_on<F: Future>(
-    topic: &Arc<Topic>,
-    cursor: Option<Cursor>,
-    wait: Duration,
-    shutdown: &CancellationToken,
-    client_gone: F,
-) -> Outcome {
+impl Answer {
+    /// The response, or `None` when the client is gone (nothing to write).
+    fn build(&self, outcome: Outcome) -> Result<Option<(ResponseHeader, Bytes)>> {
+        let topic = &self.topic;
+        let mode = topic.settings().mode;
+        if let Outcome::Messages { messages, .. } = &outcome {
+            let delivered = if mode == Mode::State {
+                1
+            } else {
+                messages.len() as u64
+            };
+            METRICS
+                .deliveries
+                .with_label_values(&[&topic.key().name, "long_poll"])
+                .inc_by(delivered);
+        }
+        let (mut response, body) = match outcome {
+            Outcome::ClientGone => return Ok(None),
+            Outcome::NothingNew(position) => (not_modified(position, mode)?, Bytes::new()),
+            Outcome::Messages {
+                messages,
+                reset,
+                position,
+                skipped,
+            } => match (mode, messages.last()) {
+                // A delta client holding a state still in history gets the patch from it.
+                (Mode::State, Some(latest)) => match self.cursor.filter(|_| self.deltas && !reset) {
+                    Some(base) => match super::delta::long_poll_patch(topic, base, latest)? {
+                        Some(answer) => answer,
+                        None => state_response(topic, latest)?,
+                    },
+                    None => state_response(topic, latest)?,
+                },
+                (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
+                (Mode::Events, last) => {
+                    let cursor = last.map_or(position, |m| m.cursor);
+                    batch_response(mode, cursor, &messages, reset, skipped)?
+                }
+            },
+        };
+        if self.private {
+            make_private(&mut response)?;
+        }
+        Ok(Some((response, body)))
+    }
+
+    /// Writes the answer through pingora's request (the request path).
+    async fn respond(&self, session: &mut Session, outcome: Outcome) -> Result<()> {
+        match self.build(outcome)? {
+            Some((response, body)) => respond(session, response, body).await,
+            None => {
+                session.set_keepalive(None);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A held long poll's connection, taken out of pingora: the HTTP/1.1 session (its request
+/// already read), the CORS headers its answer carries, the connection's place under the
+/// caps, and the way back to the keep-alive loop.
+struct Detached {
+    session: Box<ServerSession>,
+    cors: CorsStamp,
+    connection: Arc<ConnectionTicket>,
+    keep_alive: KeepAlive,
+    head: bool,
+}
+
+impl Detached {
+    /// `None` where the request cannot leave pingora (HTTP/2, or outside the connection
+    /// loop): it is then held in place, as before.
+    fn take(session: &mut Session) -> Option<Self> {
+        if !matches!(*session.downstream_session, ServerSession::H1(_)) {
+            return None;
+        }
+        let connection = connection_limit::hold_connection()?;
+        let keep_alive = KeepAlive::current()?;
+        let head = session.req_header().method == http::Method::HEAD;
+        Some(Detached {
+            cors: CorsStamp::take(session),
+            session: take_connection(session),
+            connection,
+            keep_alive,
+            head,
+        })
+    }
+
+    async fn serve(mut self, answer: Answer, waiting: Waiting, wait: Duration, shutdown: &CancellationToken) {
+        let outcome = waiting
+            .wait(
+                &answer.topic,
+                wait,
+                shutdown,
+                self.session.read_body_or_idle(true),
+            )
+            .await;
+        // Boxed: the writes are larger futures than the wait, and only the wait is held.
+        if let Err(error) = Box::pin(self.answer(&answer, outcome)).await {
+            tracing::debug!("a held long poll could not answer: {error}");
+        }
+    }
+
+    async fn answer(self, answer: &Answer, outcome: Outcome) -> Result<()> {
+        let Some((mut response, body)) = answer.build(outcome)? else {
+            // The client is gone: dropping the session closes the socket.
+            return Ok(());
+        };
+        self.cors.apply(&mut response)?;
+        let mut session = self.session;
+        let send_body = prepare_response(&mut response, &body, self.head)?;
+        session.write_response_header(Box::new(response)).await?;
+        if send_body {
+            session.write_response_body(body, true).await?;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        if let Some(reusable) = session.finish().await? {
+            self.keep_alive.resume(
+                ReusedHttpStream::from_reusable_stream(reusable, settings),
+                self.connection,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a poll starts: answered at once from history, or waiting on a subscription.
+enum Started {
+    Ready(Outcome),
+    Waiting(Waiting),
+}
+
+struct Waiting {
+    subscription: Subscription,
+    resume: Resume,
+    /// The position a `304` repeats: what the client already has.
+    position: Cursor,
+}
+
+fn start(topic: &Arc<Topic>, cursor: Option<Cursor>) -> Started {
     let resume = cursor.map_or(Resume::Latest, Resume::After);
     let Subscribe {
         reset,
@@ -128,75 +255,98 @@ async fn hold_on<F: Future>(
         start,
         subscription,
     } = topic.subscribe(resume);
-    // The position a `304` repeats: what the client already has.
     let position = cursor.unwrap_or(start);
     if reset.is_some() || !backlog.is_empty() {
-        return Outcome::Messages {
+        return Started::Ready(Outcome::Messages {
             position: reset.unwrap_or(position),
             messages: backlog,
             reset: reset.is_some(),
             skipped: 0,
-        };
+        });
     }
-    let deadline = tokio::time::Instant::now() + wait;
-    let first = tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => return Outcome::NothingNew(position),
-        delivery = subscription.recv() => delivery,
-        _ = tokio::time::sleep_until(deadline) => return Outcome::NothingNew(position),
-        _ = client_gone => return Outcome::ClientGone,
-    };
-    match first {
-        Delivery::Message { message, skipped } => {
-            // Everything already queued goes in the same answer: fewer round trips under load.
-            let mut messages = vec![message];
-            let mut gap = skipped;
-            while let Some(Delivery::Message { message, skipped }) = subscription.try_recv() {
-                gap += skipped;
-                messages.push(message);
+    Started::Waiting(Waiting {
+        subscription,
+        resume,
+        position,
+    })
+}
+
+impl Waiting {
+    /// The hold itself, with the client's going away as a future (it ends the hold when it
+    /// completes, whatever its output) so that it runs without a pingora session in tests.
+    async fn wait<F: Future>(
+        self,
+        topic: &Arc<Topic>,
+        wait: Duration,
+        shutdown: &CancellationToken,
+        client_gone: F,
+    ) -> Outcome {
+        let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
+        let Waiting {
+            subscription,
+            resume,
+            position,
+        } = self;
+        let deadline = tokio::time::Instant::now() + wait;
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Outcome::NothingNew(position),
+            delivery = subscription.recv() => delivery,
+            _ = tokio::time::sleep_until(deadline) => return Outcome::NothingNew(position),
+            _ = client_gone => return Outcome::ClientGone,
+        };
+        match first {
+            Delivery::Message { message, skipped } => {
+                // Everything already queued goes in the same answer: fewer round trips under load.
+                let mut messages = vec![message];
+                let mut gap = skipped;
+                while let Some(Delivery::Message { message, skipped }) = subscription.try_recv() {
+                    gap += skipped;
+                    messages.push(message);
+                }
+                if gap == 0 || topic.settings().mode == Mode::State {
+                    // A state topic answers with the newest state anyway: nothing is missing.
+                    return Outcome::Messages {
+                        messages,
+                        reset: false,
+                        position,
+                        skipped: 0,
+                    };
+                }
+                // `drop_oldest` dropped messages for this request ("nothing falls between two
+                // polls"): history may still hold all of them; if not, the gap is announced as
+                // SSE announces it, with `reset` and how many were skipped.
+                drop(subscription);
+                let again = topic.subscribe(Resume::After(position));
+                match again.reset {
+                    None => Outcome::Messages {
+                        messages: again.backlog,
+                        reset: false,
+                        position,
+                        skipped: 0,
+                    },
+                    Some(_) => Outcome::Messages {
+                        messages,
+                        reset: true,
+                        position,
+                        skipped: gap,
+                    },
+                }
             }
-            if gap == 0 || topic.settings().mode == Mode::State {
-                // A state topic answers with the newest state anyway: nothing is missing.
-                return Outcome::Messages {
-                    messages,
-                    reset: false,
-                    position,
-                    skipped: 0,
-                };
-            }
-            // `drop_oldest` dropped messages for this request ("nothing falls between two
-            // polls"): history may still hold all of them; if not, the gap is announced as
-            // SSE announces it, with `reset` and how many were skipped.
-            drop(subscription);
-            let again = topic.subscribe(Resume::After(position));
-            match again.reset {
-                None => Outcome::Messages {
+            Delivery::Closed(CloseReason::Overflow) => {
+                // More arrived than this request's queue holds before it could answer; history
+                // has them all (or says they are gone), so answer from there.
+                drop(subscription);
+                let again = topic.subscribe(resume);
+                Outcome::Messages {
+                    position: again.reset.unwrap_or(position),
+                    reset: again.reset.is_some(),
                     messages: again.backlog,
-                    reset: false,
-                    position,
                     skipped: 0,
-                },
-                Some(_) => Outcome::Messages {
-                    messages,
-                    reset: true,
-                    position,
-                    skipped: gap,
-                },
+                }
             }
+            Delivery::Closed(CloseReason::TopicClosed) => Outcome::NothingNew(position),
         }
-        Delivery::Closed(CloseReason::Overflow) => {
-            // More arrived than this request's queue holds before it could answer; history
-            // has them all (or says they are gone), so answer from there.
-            drop(subscription);
-            let again = topic.subscribe(resume);
-            Outcome::Messages {
-                position: again.reset.unwrap_or(position),
-                reset: again.reset.is_some(),
-                messages: again.backlog,
-                skipped: 0,
-            }
-        }
-        Delivery::Closed(CloseReason::TopicClosed) => Outcome::NothingNew(position),
     }
 }
 
@@ -204,6 +354,23 @@ async fn hold_on<F: Future>(
 mod tests {
     use super::*;
     use crate::hub::{HistoryLimits, OverflowPolicy, Payload, QueueLimits, TopicKey, TopicSettings};
+
+    /// A whole poll after `cursor`, the client never going away.
+    async fn hold_on(
+        topic: &Arc<Topic>,
+        cursor: Option<Cursor>,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        match start(topic, cursor) {
+            Started::Ready(outcome) => outcome,
+            Started::Waiting(waiting) => {
+                waiting
+                    .wait(topic, wait, shutdown, std::future::pending::<()>())
+                    .await
+            }
+        }
+    }
 
     /// An event topic under `drop_oldest` whose subscriber queue holds two messages.
     fn drop_oldest_topic(history: usize) -> Arc<Topic> {
@@ -242,15 +409,7 @@ mod tests {
             let topic = topic.clone();
             async move {
                 let shutdown = CancellationToken::new();
-                let never_gone = std::future::pending::<()>();
-                hold_on(
-                    &topic,
-                    Some(cursor),
-                    Duration::from_secs(30),
-                    &shutdown,
-                    never_gone,
-                )
-                .await
+                hold_on(&topic, Some(cursor), Duration::from_secs(30), &shutdown).await
             }
         });
         // Subscribing and starting to wait happen in one poll of the task, so once it is

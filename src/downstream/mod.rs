@@ -264,7 +264,7 @@ impl Sidecar {
             // every held SSE stream would otherwise carry the WebSocket state (~10 KiB).
             Transport::LongPoll => {
                 let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-                let _slot = match ip {
+                let ip_slot = match ip {
                     Some(ip) => match self.long_polls.acquire(ip, self.limits.max_long_polls_per_ip) {
                         Some(slot) => Some(slot),
                         None => {
@@ -278,7 +278,19 @@ impl Sidecar {
                     },
                     None => None,
                 };
-                Box::pin(long_poll::serve(session, topic, spec, &self.shutdown, private)).await
+                let ticket = long_poll::HoldTicket {
+                    in_flight: self.in_flight.enter(),
+                    ip_slot,
+                };
+                Box::pin(long_poll::serve(
+                    session,
+                    topic,
+                    spec,
+                    &self.shutdown,
+                    private,
+                    ticket,
+                ))
+                .await
             }
             Transport::ShortPoll => short_poll::serve(session, topic, spec, private).await,
             Transport::Websocket => {

@@ -22,9 +22,9 @@ pub fn take_connection(session: &mut Session) -> Box<pingora_core::protocols::ht
     std::mem::replace(&mut session.downstream_session, Box::new(placeholder))
 }
 
-/// Writes a complete response with a `Content-Length` body (empty for `HEAD` and `304`).
-pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: Bytes) -> Result<()> {
-    let head = session.req_header().method == http::Method::HEAD;
+/// Sets the `Content-Length` of a complete response; whether its body is to be sent (not
+/// for `HEAD`, `204` and `304`, nor an empty one).
+pub fn prepare_response(response: &mut ResponseHeader, body: &Bytes, head: bool) -> Result<bool> {
     let status = response.status.as_u16();
     let no_body = head || status == 304 || status == 204;
     // A 204 carries no Content-Length at all, and a 304 may carry one only if it equals the
@@ -32,7 +32,13 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
     if status != 204 && status != 304 {
         response.insert_header("Content-Length", body.len())?;
     }
-    let send_body = !no_body && !body.is_empty();
+    Ok(!no_body && !body.is_empty())
+}
+
+/// Writes a complete response with a `Content-Length` body (empty for `HEAD` and `304`).
+pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: Bytes) -> Result<()> {
+    let head = session.req_header().method == http::Method::HEAD;
+    let send_body = prepare_response(&mut response, &body, head)?;
     session
         .write_response_header(Box::new(response), !send_body)
         .await?;
