@@ -54,7 +54,7 @@ pub async fn serve(
         Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
     };
     let outcome = {
-        let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
+        let _held = SubscriberGauge::new(&topic, "long_poll");
         hold(session, &topic, cursor, wait, shutdown).await
     };
     if let Outcome::Messages { messages, .. } = &outcome {
@@ -67,6 +67,9 @@ pub async fn serve(
             .deliveries
             .with_label_values(&[&topic.key().name, "long_poll"])
             .inc_by(delivered);
+        // The message whose age the write shows: the state sent, or the oldest event.
+        let sent = if spec.mode() == Mode::State { messages.last() } else { messages.first() };
+        sent.inspect(|message| crate::metrics::delivered(&topic, message, delivered));
     }
     let mode = spec.mode();
     let (mut response, body) = match outcome {
@@ -99,6 +102,7 @@ pub async fn serve(
     if private {
         make_private(&mut response)?;
     }
+    topic.stats().wrote(body.len());
     respond(session, response, body).await
 }
 

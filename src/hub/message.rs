@@ -47,6 +47,8 @@ pub struct Message {
     framed_sse: OnceLock<Bytes>,
     /// `deltas = true`: the JSON Patch from the previous state, when smaller than `data`.
     pub delta: Option<Delta>,
+    /// When the hub took it from the upstream: freshness is measured from here at write time.
+    pub received: tokio::time::Instant,
 }
 
 impl Message {
@@ -64,6 +66,7 @@ impl Message {
             deflated_frames: OnceLock::new(),
             framed_sse: OnceLock::new(),
             delta: None,
+            received: tokio::time::Instant::now(),
         }
     }
 

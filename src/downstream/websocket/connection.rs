@@ -157,10 +157,7 @@ impl Connection {
 
     pub async fn run(mut self, shutdown: &CancellationToken) {
         let _connected = match &self.feed {
-            Feed::Topic { subscribed, .. } => Some(SubscriberGauge::new(
-                &subscribed.subscription.topic().key().name,
-                "websocket",
-            )),
+            Feed::Topic { subscribed, .. } => Some(SubscriberGauge::new(subscribed.subscription.topic(), "websocket")),
             Feed::Echo => None,
         };
         if self.send_backlog().await.is_err() {
@@ -299,6 +296,9 @@ impl Connection {
                 }
             }
         }
+        if let Feed::Topic { subscribed, .. } = &self.feed {
+            crate::metrics::delivered(subscribed.subscription.topic(), &batch[0].0, batch.len() as u64);
+        }
         let kind = self.frame_kind();
         let mut frames = Vec::with_capacity(batch.len());
         for (message, skipped) in &batch {
@@ -357,6 +357,9 @@ impl Connection {
                         .inc_by(frames.len() as u64);
                 }
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
+                if let Feed::Topic { subscribed, .. } = &self.feed {
+                    subscribed.subscription.topic().stats().wrote(bytes);
+                }
                 METRICS
                     .bytes_written
                     .with_label_values(&["websocket"])
