@@ -250,7 +250,11 @@ impl BackgroundService for ReloadService {
 }
 
 /// The admin API's once-a-second sampling (it watches the process-wide shutdown token).
-struct AdminSampler(Arc<crate::admin::sampler::Sampler>, Arc<Registry>, CancellationToken);
+struct AdminSampler(
+    Arc<crate::admin::sampler::Sampler>,
+    Arc<Registry>,
+    CancellationToken,
+);
 
 #[async_trait]
 impl BackgroundService for AdminSampler {

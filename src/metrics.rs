@@ -375,7 +375,9 @@ pub struct SubscriberGauge {
 
 impl SubscriberGauge {
     pub fn new(topic: &crate::hub::Topic, transport: &str) -> Self {
-        let gauge = METRICS.subscribers.with_label_values(&[&topic.key().name, transport]);
+        let gauge = METRICS
+            .subscribers
+            .with_label_values(&[&topic.key().name, transport]);
         gauge.inc();
         let counted = crate::hub::Transport::from_name(transport).map(|t| topic.stats().subscriber(t));
         SubscriberGauge {

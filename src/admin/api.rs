@@ -101,7 +101,9 @@ fn millis(duration: Duration) -> u64 {
 /// failure), `stale` (serving the last good data), or `ok`.
 fn upstream_state(topic: &Topic, report: &crate::hub::stats::UpstreamReport) -> &'static str {
     let stale = topic.is_stale();
-    let retrying = report.next_retry_at.is_some_and(|at| at > tokio::time::Instant::now());
+    let retrying = report
+        .next_retry_at
+        .is_some_and(|at| at > tokio::time::Instant::now());
     if stale && report.circuit_open {
         "circuit_open"
     } else if stale && retrying {
@@ -240,10 +242,16 @@ fn sort_value(entry: &Value, key: SortKey) -> f64 {
         SortKey::Subscribers => number(entry, &["subscribers", "total"]),
         // Stale instances first, then the oldest data.
         SortKey::Staleness => {
-            let stale = if entry["stale"].as_bool().unwrap_or(false) { 1e15 } else { 0.0 };
+            let stale = if entry["stale"].as_bool().unwrap_or(false) {
+                1e15
+            } else {
+                0.0
+            };
             stale + number(entry, &["last_change_age_ms"])
         }
-        SortKey::Drops => number(entry, &["overflow", "dropped"]) + number(entry, &["overflow", "disconnected"]),
+        SortKey::Drops => {
+            number(entry, &["overflow", "dropped"]) + number(entry, &["overflow", "disconnected"])
+        }
         SortKey::Deliveries => number(entry, &["deliveries_per_second"]),
     }
 }
@@ -258,7 +266,9 @@ pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
     let instances = topics.len();
     let mut entries: Vec<Value> = topics
         .iter()
-        .filter(|topic| query.filter.is_empty() || topic.key().to_string().to_lowercase().contains(&query.filter))
+        .filter(|topic| {
+            query.filter.is_empty() || topic.key().to_string().to_lowercase().contains(&query.filter)
+        })
         .map(|topic| entry(admin, topic))
         .filter(|entry| {
             query
@@ -329,7 +339,10 @@ mod tests {
     #[test]
     fn queries_default_bound_and_refuse_nonsense() {
         let query = parse_query(None).unwrap();
-        assert_eq!((query.limit, query.offset, query.sort), (DEFAULT_LIMIT, 0, SortKey::Instance));
+        assert_eq!(
+            (query.limit, query.offset, query.sort),
+            (DEFAULT_LIMIT, 0, SortKey::Instance)
+        );
         assert!(!query.descending);
         let query = parse_query(Some("limit=999999&offset=20&sort=drops&filter=AAPL&state=stale")).unwrap();
         assert_eq!(query.limit, MAX_LIMIT);

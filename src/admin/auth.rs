@@ -76,7 +76,9 @@ impl AdminAuth {
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_LOGIN_BYTES => body.extend_from_slice(&chunk),
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_LOGIN_BYTES => {
+                    body.extend_from_slice(&chunk)
+                }
                 Ok(Some(_)) => return text(413, "the login form is larger than 4 KiB"),
                 Ok(None) => break,
                 Err(error) => return text(400, &format!("cannot read the login form: {error}")),
@@ -126,6 +128,9 @@ mod tests {
         assert_eq!(value.len(), 40);
         assert!(!value.contains("0123456789abcdef"));
         assert_ne!(value, cookie_value("0123456789abcdeX"));
-        assert!(same_secret(value.as_bytes(), cookie_value("0123456789abcdef").as_bytes()));
+        assert!(same_secret(
+            value.as_bytes(),
+            cookie_value("0123456789abcdef").as_bytes()
+        ));
     }
 }

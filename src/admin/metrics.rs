@@ -38,7 +38,10 @@ pub fn render(registry: &Registry) -> Response<Vec<u8>> {
     METRICS.latest_state_age.reset();
     METRICS.upstream_requests_per_message.reset();
     for (name, fresh) in freshness {
-        METRICS.latest_state_age.with_label_values(&[name]).set(fresh.oldest_state);
+        METRICS
+            .latest_state_age
+            .with_label_values(&[name])
+            .set(fresh.oldest_state);
         if fresh.published > 0 {
             METRICS
                 .upstream_requests_per_message

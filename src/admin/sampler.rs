@@ -58,7 +58,8 @@ impl Sampler {
                 let seconds = now.saturating_duration_since(at).as_secs_f64();
                 if seconds > 0.0 {
                     track.published_per_second = published.saturating_sub(track.published) as f64 / seconds;
-                    track.deliveries_per_second = deliveries.saturating_sub(track.deliveries) as f64 / seconds;
+                    track.deliveries_per_second =
+                        deliveries.saturating_sub(track.deliveries) as f64 / seconds;
                     if track.history.len() == HISTORY_SAMPLES {
                         track.history.pop_front();
                     }

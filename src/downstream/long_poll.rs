@@ -68,7 +68,11 @@ pub async fn serve(
             .with_label_values(&[&topic.key().name, "long_poll"])
             .inc_by(delivered);
         // The message whose age the write shows: the state sent, or the oldest event.
-        let sent = if spec.mode() == Mode::State { messages.last() } else { messages.first() };
+        let sent = if spec.mode() == Mode::State {
+            messages.last()
+        } else {
+            messages.first()
+        };
         sent.inspect(|message| crate::metrics::delivered(&topic, message, delivered));
     }
     let mode = spec.mode();

@@ -202,6 +202,9 @@ pub async fn serve(
     for message in &backlog {
         first.put_slice(&event_of(deltas.as_ref(), message));
     }
+    backlog
+        .first()
+        .inspect(|m| crate::metrics::delivered(&topic, m, backlog.len() as u64));
     drop(backlog);
 
     // The header sits in the connection's write buffer and goes out with the first chunk.

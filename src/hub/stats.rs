@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(report.requests, 1);
         assert_eq!(report.last_status, Some(503));
         assert_eq!(report.last_latency, Some(Duration::from_millis(20)));
-        assert_eq!(report.next_retry_at, Some(Instant::now() + Duration::from_secs(4)));
+        assert_eq!(
+            report.next_retry_at,
+            Some(Instant::now() + Duration::from_secs(4))
+        );
         stats.upstream_answered(None, Duration::ZERO, true);
         let report = stats.upstream();
         assert!(report.circuit_open);

@@ -157,7 +157,9 @@ impl Connection {
 
     pub async fn run(mut self, shutdown: &CancellationToken) {
         let _connected = match &self.feed {
-            Feed::Topic { subscribed, .. } => Some(SubscriberGauge::new(subscribed.subscription.topic(), "websocket")),
+            Feed::Topic { subscribed, .. } => {
+                Some(SubscriberGauge::new(subscribed.subscription.topic(), "websocket"))
+            }
             Feed::Echo => None,
         };
         if self.send_backlog().await.is_err() {
@@ -255,6 +257,9 @@ impl Connection {
             return Ok(());
         };
         let backlog = std::mem::take(&mut subscribed.backlog);
+        backlog
+            .first()
+            .inspect(|m| crate::metrics::delivered(subscribed.subscription.topic(), m, backlog.len() as u64));
         if let (Some(position), Envelope::Json) = (subscribed.reset, self.spec.envelope) {
             let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\"}}");
             if !self.send(Frame::text(notice)).await {
