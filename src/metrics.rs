@@ -390,11 +390,12 @@ impl SubscriberGauge {
 /// `count` messages of `topic` are being written to a client, `message` the oldest: counts
 /// them for the admin API and records how fresh they are.
 pub fn delivered(topic: &crate::hub::Topic, message: &crate::hub::Message, count: u64) {
-    topic.stats().delivered(count);
-    METRICS
-        .delivery_freshness
-        .with_label_values(&[&topic.key().name])
-        .observe(message.received.elapsed().as_secs_f64());
+    let stats = topic.stats();
+    stats.delivered(count);
+    let freshness = stats.recorder(|| METRICS.delivery_freshness.with_label_values(&[&topic.key().name]));
+    if let Some(freshness) = freshness {
+        freshness.observe(message.received.elapsed().as_secs_f64());
+    }
 }
 
 impl Drop for SubscriberGauge {

@@ -380,3 +380,47 @@ async fn freshness_metrics_come_from_a_real_scrape() {
     );
     assert!((0.9..=1.5).contains(&per_message), "{per_message}");
 }
+
+#[tokio::test]
+async fn a_cluster_shows_who_holds_each_lease_and_that_redis_is_up() {
+    let backend = TestBackend::start().await;
+    backend.set("/prices/L", Behaviour::Json("{\"price\":1}".into()));
+    let cluster = common::cluster::Cluster::start(2, backend.port, "", common::cluster::POLL_TOPIC).await;
+    let mut clients = Vec::new();
+    for instance in &cluster.instances {
+        let mut client = SseClient::connect(instance.port(), "/prices/L", &[]).await;
+        client.next_event().await.unwrap();
+        clients.push(client);
+    }
+    let holder = {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(holder) = cluster.lease_holder("prices/L") {
+                break holder;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "a lease is taken");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    for sidecar in &cluster.instances {
+        let list = topics(sidecar.admin_port(), "").await;
+        assert_eq!(list["cluster"]["instance_id"], sidecar.id.as_str());
+        assert_eq!(list["cluster"]["redis_up"], true);
+        let entry = instance(&list, "prices/L").unwrap();
+        let held_here = sidecar.id == holder;
+        assert_eq!(
+            entry["lease"]["held_here"], held_here,
+            "{}: {entry:#}",
+            sidecar.id
+        );
+        if held_here {
+            assert!(entry["lease"]["holder"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{holder}:")));
+            assert_eq!(list["cluster"]["leases_held"], 1);
+        } else {
+            assert!(entry["lease"]["holder"].is_null());
+        }
+    }
+}

@@ -62,7 +62,13 @@ async fn the_admin_page_shows_instances_counts_and_staleness() {
     backend.set("/weather/paris", Behaviour::Json("{\"sky\":\"clear\"}".into()));
     let sidecar = TestSidecar::start(backend.port, "", TOPICS).await;
     let mut clients = Vec::new();
-    for path in ["/api/prices/AAPL", "/api/prices/AAPL", "/api/prices/AAPL", "/api/weather/paris", "/api/weather/paris"] {
+    for path in [
+        "/api/prices/AAPL",
+        "/api/prices/AAPL",
+        "/api/prices/AAPL",
+        "/api/weather/paris",
+        "/api/weather/paris",
+    ] {
         let mut client = SseClient::connect(sidecar.port, path, &[]).await;
         client.next_event().await.unwrap();
         clients.push(client);
@@ -89,7 +95,11 @@ async fn the_admin_page_shows_instances_counts_and_staleness() {
             .await
             .unwrap_or_else(|_| panic!("the page did not show `{step}` in time"))
             .unwrap();
-        assert_eq!(line.as_deref(), Some(format!("ok {step}").as_str()), "step {step}");
+        assert_eq!(
+            line.as_deref(),
+            Some(format!("ok {step}").as_str()),
+            "step {step}"
+        );
     };
     expect("counts").await;
 

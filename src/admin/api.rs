@@ -231,7 +231,7 @@ fn json_reply(status: u16, value: &Value) -> Response<Vec<u8>> {
 
 fn number(value: &Value, path: &[&str]) -> f64 {
     path.iter()
-        .fold(Some(value), |v, key| v.and_then(|v| v.get(key)))
+        .try_fold(value, |v, key| v.get(key))
         .and_then(Value::as_f64)
         .unwrap_or(0.0)
 }

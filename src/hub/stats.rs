@@ -61,12 +61,16 @@ pub struct UpstreamReport {
 }
 
 /// Counters of one topic instance; every method is cheap and never waits long.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TopicStats {
     deliveries: AtomicU64,
     bytes_out: AtomicU64,
     subscribers: [Arc<AtomicU64>; 3],
     upstream: Mutex<UpstreamReport>,
+    /// Whatever the recorder of deliveries caches per instance (the metrics module keeps its
+    /// freshness histogram for the topic name here), so that the hot path does not look it
+    /// up by label on every write. Opaque: the hub knows nothing of metrics.
+    recorder: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Counts one subscriber of a transport while it lives.
@@ -79,7 +83,21 @@ impl Drop for SubscriberCount {
     }
 }
 
+impl std::fmt::Debug for TopicStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicStats")
+            .field("deliveries", &self.deliveries)
+            .field("bytes_out", &self.bytes_out)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TopicStats {
+    /// The recorder's cached handle, made by `make` on first use.
+    pub fn recorder<T: Send + Sync + 'static>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.recorder.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+
     /// `count` messages are being written to one client.
     pub fn delivered(&self, count: u64) {
         self.deliveries.fetch_add(count, Ordering::Relaxed);
@@ -174,6 +192,20 @@ mod tests {
         assert_eq!(stats.subscribers(Transport::WebSocket), 0);
         drop(sse_two);
         assert_eq!(stats.subscribers(Transport::Sse), 0);
+    }
+
+    #[test]
+    fn the_recorder_handle_is_made_once() {
+        let stats = TopicStats::default();
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..3 {
+            let handle = stats.recorder(|| {
+                made.fetch_add(1, Ordering::Relaxed);
+                7u32
+            });
+            assert_eq!(handle, Some(&7));
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 1);
     }
 
     #[test]
