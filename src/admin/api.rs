@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{reply, text, Admin};
 use crate::config::SourceSpec;
+use crate::downstream::router::Router;
 use crate::hub::{Mode, Topic, Transport};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -117,13 +118,12 @@ fn upstream_state(topic: &Topic, report: &crate::hub::stats::UpstreamReport) -> 
 
 /// One instance as the API shows it. Units: `_ms` milliseconds, `_bytes` bytes,
 /// `_per_second` per second over the last sample second.
-pub fn entry(admin: &Admin, topic: &Arc<Topic>) -> Value {
+fn entry(admin: &Admin, router: &Router, topic: &Arc<Topic>) -> Value {
     let key = topic.key();
     let stats = topic.stats();
     let report = stats.upstream();
     let health = topic.upstream_health();
     let rates = admin.sampler.rates(key);
-    let router = admin.topics.current();
     let source = router
         .topics()
         .iter()
@@ -264,12 +264,13 @@ pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
     };
     let topics = admin.registry.topics();
     let instances = topics.len();
+    let router = admin.topics.current();
     let mut entries: Vec<Value> = topics
         .iter()
         .filter(|topic| {
             query.filter.is_empty() || topic.key().to_string().to_lowercase().contains(&query.filter)
         })
-        .map(|topic| entry(admin, topic))
+        .map(|topic| entry(admin, &router, topic))
         .filter(|entry| {
             query
                 .state
@@ -315,7 +316,7 @@ fn find(admin: &Admin, id: &str) -> Option<Arc<Topic>> {
 /// `GET /api/topics/{id}`.
 pub fn one(admin: &Admin, id: &str) -> Response<Vec<u8>> {
     match find(admin, id) {
-        Some(topic) => json_reply(200, &entry(admin, &topic)),
+        Some(topic) => json_reply(200, &entry(admin, &admin.topics.current(), &topic)),
         None => text(404, &format!("no live topic instance has the id {id}")),
     }
 }
