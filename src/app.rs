@@ -178,6 +178,10 @@ impl App {
             self.shutdown.clone(),
         )
         .with_cluster(self.cluster.as_ref().map(|(cluster, _)| cluster.clone()));
+        server.add_service(background_service(
+            "admin sampler",
+            AdminSampler(admin.sampler(), self.registry.clone(), self.shutdown.clone()),
+        ));
         if let Some(path) = &self.config_path {
             let reloader = Reloader::new(
                 path.clone(),
@@ -242,6 +246,20 @@ struct ReloadService(Reloader, CancellationToken);
 impl BackgroundService for ReloadService {
     async fn start(&self, _shutdown: ShutdownWatch) {
         self.0.run(self.1.clone()).await;
+    }
+}
+
+/// The admin API's once-a-second sampling (it watches the process-wide shutdown token).
+struct AdminSampler(
+    Arc<crate::admin::sampler::Sampler>,
+    Arc<Registry>,
+    CancellationToken,
+);
+
+#[async_trait]
+impl BackgroundService for AdminSampler {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.run(&self.1, self.2.clone()).await;
     }
 }
 

@@ -78,6 +78,14 @@ pub struct Metrics {
     /// `[cluster]`: 1 while the `connection` (`commands`, `pubsub`) to Redis works.
     pub cluster_redis_connected: IntGaugeVec,
     pub cluster_degraded: IntGauge,
+    /// Freshness: from the hub taking a message from the upstream to its write to a client
+    /// socket, observed once per write (the oldest message of a batch), per topic name.
+    pub delivery_freshness: HistogramVec,
+    /// Age of the latest state (the newest message) of the topic's stalest live instance.
+    pub latest_state_age: prometheus::GaugeVec,
+    /// Backend requests per published message over the topic's live instances: what one
+    /// poll for every client would have cost, divided out (1 = every request changed).
+    pub upstream_requests_per_message: prometheus::GaugeVec,
     pub cluster_degraded_transitions: IntCounterVec,
     /// `[cluster]`: failed Redis calls, by `operation`.
     pub cluster_redis_errors: IntCounterVec,
@@ -157,7 +165,37 @@ impl Metrics {
         registry
             .register(Box::new(cluster_publish_duration.clone()))
             .expect("unique histogram");
+        let delivery_freshness = HistogramVec::new(
+            HistogramOpts::new(
+                "sidestream_delivery_freshness_seconds",
+                "from the upstream response to the write to the client socket",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["topic"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(delivery_freshness.clone()))
+            .expect("unique histogram");
+        let float_gauge_vec = |name: &str, help: &str| {
+            let metric = prometheus::GaugeVec::new(Opts::new(name, help), &["topic"]).expect("valid gauge");
+            registry.register(Box::new(metric.clone())).expect("unique gauge");
+            metric
+        };
+        let latest_state_age = float_gauge_vec(
+            "sidestream_latest_state_age_seconds",
+            "age of the newest message of the topic's stalest live instance",
+        );
+        let upstream_requests_per_message = float_gauge_vec(
+            "sidestream_upstream_requests_per_message",
+            "backend requests per published message over the topic's live instances",
+        );
         Metrics {
+            delivery_freshness,
+            latest_state_age,
+            upstream_requests_per_message,
             upstream_requests: counter_vec(
                 "sidestream_upstream_requests_total",
                 "backend exchanges by outcome",
@@ -328,20 +366,41 @@ impl Metrics {
     }
 }
 
-/// Counts one connected client of a transport while it lives.
-pub struct SubscriberGauge(IntGauge);
+/// Counts one connected client of a transport while it lives (in the metrics, and in the
+/// instance's stats for the admin API).
+pub struct SubscriberGauge {
+    gauge: IntGauge,
+    _counted: Option<crate::hub::stats::SubscriberCount>,
+}
 
 impl SubscriberGauge {
-    pub fn new(topic: &str, transport: &str) -> Self {
-        let gauge = METRICS.subscribers.with_label_values(&[topic, transport]);
+    pub fn new(topic: &crate::hub::Topic, transport: &str) -> Self {
+        let gauge = METRICS
+            .subscribers
+            .with_label_values(&[&topic.key().name, transport]);
         gauge.inc();
-        SubscriberGauge(gauge)
+        let counted = crate::hub::Transport::from_name(transport).map(|t| topic.stats().subscriber(t));
+        SubscriberGauge {
+            gauge,
+            _counted: counted,
+        }
+    }
+}
+
+/// `count` messages of `topic` are being written to a client, `message` the oldest: counts
+/// them for the admin API and records how fresh they are.
+pub fn delivered(topic: &crate::hub::Topic, message: &crate::hub::Message, count: u64) {
+    let stats = topic.stats();
+    stats.delivered(count);
+    let freshness = stats.recorder(|| METRICS.delivery_freshness.with_label_values(&[&topic.key().name]));
+    if let Some(freshness) = freshness {
+        freshness.observe(message.received.elapsed().as_secs_f64());
     }
 }
 
 impl Drop for SubscriberGauge {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 

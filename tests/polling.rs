@@ -427,7 +427,10 @@ async fn a_held_long_poll_answers_with_cors_and_keeps_its_connection() {
     backend.set("/feed-source", Behaviour::Json("1".into()));
     let (status, headers, body) = read_response(&mut stream).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     assert_eq!(header(&headers, "vary"), Some("Origin"));
     assert_ne!(header(&headers, "connection"), Some("close"));
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -442,7 +445,11 @@ async fn a_held_long_poll_answers_with_cors_and_keeps_its_connection() {
     backend.set("/feed-source", Behaviour::Json("2".into()));
     let (status, headers, body) = read_response(&mut stream).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(header(&headers, "access-control-allow-origin"), None, "no Origin, no CORS");
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        None,
+        "no Origin, no CORS"
+    );
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["messages"][0]["data"], 2);
     stream
@@ -450,5 +457,8 @@ async fn a_held_long_poll_answers_with_cors_and_keeps_its_connection() {
         .await
         .unwrap();
     let (status, _, _) = read_response(&mut stream).await;
-    assert_eq!(status, 304, "an event topic without a cursor starts now: nothing yet");
+    assert_eq!(
+        status, 304,
+        "an event topic without a cursor starts now: nothing yet"
+    );
 }

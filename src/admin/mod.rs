@@ -1,9 +1,13 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, and `/publish/{topic path}` for push
-//! topics. A separate port, meant for the pod's network only.
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/publish/{topic path}` for push
+//! topics, and the admin page `/` with its API `/api/topics`. A separate port, meant for the
+//! pod's network only.
 
+mod api;
+mod auth;
 pub mod health;
 mod metrics;
 mod publish;
+pub mod sampler;
 
 use std::sync::Arc;
 
@@ -26,7 +30,14 @@ pub struct Admin {
     shutdown: CancellationToken,
     /// `[cluster]`: pushes are sequenced in Redis and reach every sidecar's subscribers.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `server.admin_token`: guards the page and `/api/topics`.
+    auth: auth::AdminAuth,
+    sampler: Arc<sampler::Sampler>,
+    started: std::time::Instant,
 }
+
+/// The admin page: one self-contained file, no build step, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("page.html");
 
 impl Admin {
     pub fn new(
@@ -44,7 +55,15 @@ impl Admin {
             publish_max_body_bytes: config.server.publish_max_body_bytes,
             shutdown,
             cluster: None,
+            auth: auth::AdminAuth::new(config.server.admin_token.clone()),
+            sampler: Arc::new(sampler::Sampler::default()),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// What samples the instances' totals for the API's rates ([`sampler::Sampler::run`]).
+    pub fn sampler(&self) -> Arc<sampler::Sampler> {
+        self.sampler.clone()
     }
 
     pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
@@ -78,13 +97,22 @@ impl ServeHttp for Admin {
             ("GET" | "HEAD", "/live") => health::live(),
             ("GET" | "HEAD", "/ready") => health::ready(&self.shutdown, &self.readiness),
             ("GET", "/metrics") => metrics::render(&self.registry),
+            ("POST", "/login") => self.auth.login(session).await,
+            (_, "/" | "/index.html") | (_, "/api/topics") if !self.auth.allows(session) => {
+                self.auth.refuse(!path.starts_with("/api/"))
+            }
+            (_, api) if api.starts_with("/api/topics/") && !self.auth.allows(session) => self.auth.refuse(false),
+            ("GET" | "HEAD", "/" | "/index.html") => reply(200, "text/html; charset=utf-8", PAGE),
+            ("GET", "/api/topics") => api::list(self, session.req_header().uri.query()),
+            ("GET", one) if one.starts_with("/api/topics/") => api::one(self, &one["/api/topics/".len()..]),
+            ("DELETE", one) if one.starts_with("/api/topics/") => api::close(self, &one["/api/topics/".len()..]),
             ("POST", publish_path) if publish_path.starts_with("/publish/") => {
                 publish::handle(self, session, &publish_path["/publish".len()..]).await
             }
-            (_, "/live" | "/ready" | "/metrics") => text(405, "use GET"),
+            (_, "/live" | "/ready" | "/metrics" | "/" | "/api/topics") => text(405, "use GET"),
             _ => text(
                 404,
-                "not found: the admin listener serves /live, /ready, /metrics, POST /publish/{topic path}",
+                "not found: the admin listener serves /, /api/topics[/{id}], /live, /ready, /metrics, POST /publish/{topic path}",
             ),
         }
     }

@@ -48,6 +48,15 @@ impl Leases {
         METRICS.cluster_leases_held.inc();
     }
 
+    /// Whether this sidecar holds the lease `key` now, and under which holder name.
+    pub fn holder(&self, key: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map(|held| held.holder.clone())
+    }
+
     fn remove(&self, key: &str) {
         if self
             .0

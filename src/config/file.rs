@@ -16,6 +16,7 @@ pub struct RawServer {
     pub listen: Field<String>,
     pub admin_listen: Field<String>,
     pub publish_token: Field<RawSecret>,
+    pub admin_token: Field<RawSecret>,
     pub publish_max_body_bytes: Field<i64>,
     pub read_buffer_bytes: Field<i64>,
     pub write_buffer_bytes: Field<i64>,

@@ -81,6 +81,8 @@ pub struct ServerSettings {
     pub admin_listen: SocketAddr,
     /// Bearer token for `/publish`; from the file or `SIDESTREAM_PUBLISH_TOKEN`.
     pub publish_token: Option<Secret>,
+    /// Protects the admin page and `/api/topics` (bearer or login cookie); `None`: open.
+    pub admin_token: Option<Secret>,
     pub publish_max_body_bytes: usize,
     /// `/ready` waits at most this long for eager topics' first upstream results.
     pub ready_grace: Duration,

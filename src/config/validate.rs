@@ -242,10 +242,15 @@ impl<'a> Checker<'a> {
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
         };
+        let admin_token = raw
+            .admin_token
+            .as_ref()
+            .and_then(|token| self.secret(token, "admin_token", 16));
         ServerSettings {
             listen,
             admin_listen,
             publish_token,
+            admin_token,
             publish_max_body_bytes: self.count(
                 &raw.publish_max_body_bytes,
                 None,

@@ -123,6 +123,13 @@ impl Answer {
                 .deliveries
                 .with_label_values(&[&topic.key().name, "long_poll"])
                 .inc_by(delivered);
+            // The message whose age the write shows: the state sent, or the oldest event.
+            let sent = if mode == Mode::State {
+                messages.last()
+            } else {
+                messages.first()
+            };
+            sent.inspect(|message| crate::metrics::delivered(topic, message, delivered));
         }
         let (mut response, body) = match outcome {
             Outcome::ClientGone => return Ok(None),
@@ -151,6 +158,7 @@ impl Answer {
         if self.private {
             make_private(&mut response)?;
         }
+        topic.stats().wrote(body.len());
         Ok(Some((response, body)))
     }
 
@@ -281,7 +289,7 @@ impl Waiting {
         shutdown: &CancellationToken,
         client_gone: F,
     ) -> Outcome {
-        let _held = SubscriberGauge::new(&topic.key().name, "long_poll");
+        let _held = SubscriberGauge::new(topic, "long_poll");
         let Waiting {
             subscription,
             resume,

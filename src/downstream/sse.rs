@@ -202,6 +202,9 @@ pub async fn serve(
     for message in &backlog {
         first.put_slice(&event_of(deltas.as_ref(), message));
     }
+    backlog
+        .first()
+        .inspect(|m| crate::metrics::delivered(&topic, m, backlog.len() as u64));
     drop(backlog);
 
     // The header sits in the connection's write buffer and goes out with the first chunk.
@@ -251,7 +254,7 @@ struct SseStream {
 impl SseStream {
     async fn run(self, stream: Stream, first: Bytes) {
         let topic_name: &str = &self.topic.key().name;
-        let _connected = SubscriberGauge::new(topic_name, "sse");
+        let _connected = SubscriberGauge::new(&self.topic, "sse");
         let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
         let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
         // One owner for both directions: the read below is a `select!` branch, dropped before
@@ -301,6 +304,7 @@ impl SseStream {
                     match self.subscription.try_recv() {
                         None if single => {
                             deliveries.inc();
+                            crate::metrics::delivered(&self.topic, &message, 1);
                             chunk_of(self.deltas.as_ref(), &message)
                         }
                         first_next => {
@@ -317,6 +321,7 @@ impl SseStream {
                                 }
                             }
                             deliveries.inc_by(count);
+                            crate::metrics::delivered(&self.topic, &message, count);
                             http_chunk(&batch)
                         }
                     }
@@ -350,6 +355,7 @@ impl SseStream {
                 break None;
             }
             bytes_written.inc_by(length as u64);
+            self.topic.stats().wrote(length);
             last_write = Instant::now();
         };
         if let Some(goodbye) = end {

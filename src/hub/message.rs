@@ -33,6 +33,8 @@ pub struct Message {
     /// each and shared by the others. Made outside the topic's lock, at delivery: a
     /// publish costs no encoding at all, and a form nobody asks for is never made.
     pub encodings: Encodings,
+    /// When the hub took it from the upstream: freshness is measured from here at write time.
+    pub received: tokio::time::Instant,
 }
 
 impl Message {
@@ -44,6 +46,7 @@ impl Message {
             data: payload.data,
             delta: None,
             encodings: Encodings::default(),
+            received: tokio::time::Instant::now(),
         }
     }
 

@@ -196,6 +196,18 @@ impl Registry {
         keys.len()
     }
 
+    /// Removes one instance (the admin API's `DELETE`), as [`Registry::close_topic`] does for
+    /// a reload: its upstream stops and its clients are told to reconnect, which creates it
+    /// anew. `false` when there was no such instance.
+    pub fn close_instance(&self, key: &TopicKey) -> bool {
+        let Some(entry) = self.lock().remove(key) else {
+            return false;
+        };
+        entry.stop.cancel();
+        entry.topic.close();
+        true
+    }
+
     /// Stops every upstream task and ends every subscription.
     pub fn close_all(&self) {
         for (_, entry) in self.lock().drain() {

@@ -126,6 +126,7 @@ pub struct Topic {
     /// The epoch of the shared log the history follows; changes on a restart onto another.
     shared_epoch: tokio::sync::watch::Sender<Option<Epoch>>,
     pub counters: TopicCounters,
+    stats: super::stats::TopicStats,
 }
 
 impl Topic {
@@ -148,6 +149,7 @@ impl Topic {
                 serving_alone: false,
             }),
             counters: TopicCounters::default(),
+            stats: super::stats::TopicStats::default(),
             stale: tokio::sync::watch::Sender::new(false),
             demand: tokio::sync::watch::Sender::new(0),
             pinned: std::sync::atomic::AtomicBool::new(false),
@@ -175,6 +177,11 @@ impl Topic {
 
     pub fn settings(&self) -> &TopicSettings {
         &self.settings
+    }
+
+    /// What the instance's transports and upstream did, for the admin API.
+    pub fn stats(&self) -> &super::stats::TopicStats {
+        &self.stats
     }
 
     /// Assigns the next cursor, encodes once, keeps it in history and queues it for every

@@ -23,6 +23,16 @@ impl TopicKey {
         }
     }
 
+    /// A short stable id of the whole identity (name, variables, forwarded headers) for
+    /// URLs such as the admin API's `/api/topics/{id}`: it shows no credential.
+    pub fn instance_id(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same instance has the same id for the life of the binary.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
     pub fn with_forwarded(mut self, forwarded: Vec<(String, String)>) -> Self {
         self.forwarded = forwarded;
         self

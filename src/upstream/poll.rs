@@ -176,6 +176,7 @@ impl PollTask {
         let mut demand = self.topic.watch_demand();
         loop {
             let started = tokio::time::Instant::now();
+            self.topic.stats().poll_started(self.interval);
             // Requests from here on are answered by a later poll; earlier ones by this one.
             demand.borrow_and_update();
             let traffic = Traffic::Topic {
@@ -198,6 +199,11 @@ impl PollTask {
                 .upstream_duration
                 .with_label_values(&[topic_name])
                 .observe(started.elapsed().as_secs_f64());
+            self.topic.stats().upstream_answered(
+                outcome.as_ref().ok().map(|r| r.meta.status),
+                started.elapsed(),
+                matches!(outcome, Err(UpstreamError::CircuitOpen(_))),
+            );
             let error_outcome = match &outcome {
                 Err(UpstreamError::Timeout(_)) => Some("timeout"),
                 Err(UpstreamError::CircuitOpen(_)) => Some("circuit_open"),
@@ -256,6 +262,7 @@ impl PollTask {
                         );
                     }
                     self.sink.failing(reason);
+                    self.topic.stats().backing_off(delay);
                     delay
                 }
             }

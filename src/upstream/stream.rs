@@ -79,6 +79,7 @@ impl StreamTask {
                         );
                     }
                     self.sink.failing(reason);
+                    self.topic.stats().backing_off(delay);
                     delay
                 }
             };
@@ -100,12 +101,18 @@ impl StreamTask {
         if let Some(id) = last_event_id.as_deref() {
             headers.push(("Last-Event-ID".into(), id.to_string()));
         }
+        let started = tokio::time::Instant::now();
         let opened = tokio::select! {
             _ = self.stop.cancelled() => return End::Stopped,
             opened = self.client.open_stream(&self.url, &headers, self.idle_timeout, Traffic::Topic {
                 held: self.topic.is_held(),
             }) => opened,
         };
+        self.topic.stats().upstream_answered(
+            opened.as_ref().ok().map(|s| s.meta.status),
+            started.elapsed(),
+            matches!(opened, Err(super::UpstreamError::CircuitOpen(_))),
+        );
         let mut stream = match opened {
             Ok(stream) if stream.meta.status == 200 => stream,
             Ok(stream) => {

@@ -8,6 +8,8 @@
 # Needs: apt-get install -y pushpin nginx-light libnginx-mod-nchan (the peers), and the
 # team's tools (fanbench, the peers' start/stop scripts) at ../shared next to the checkout,
 # or wherever SIDESTREAM_SHARED points.
+# Writes OUT (JSON lines), prints summarize.py's table, and draws OUT.svg (tests/benches/plot.py:
+# µs CPU per delivery, p99 latency, KiB per connection; PLOT=path to put it elsewhere).
 # RUNS: space-separated KIND:N:M:RATE[:deflate]. PEERS: any of "sidestream nchan pushpin".
 # REPEAT=3: each run that many times, the peers alternating (sidestream, nchan, sidestream,
 # …), so summarize.py's medians are not decided by one noisy moment.
@@ -97,4 +99,7 @@ for spec in $RUNS; do
   done
 done
 python3 "$BENCH/fanbench/summarize.py" "$OUT"
-echo "results: $OUT   logs: $LOGDIR"
+# The picture of the same results (redraw any time: tests/benches/plot.py OUT.jsonl -o X.svg).
+PLOT=${PLOT:-${OUT%.jsonl}.svg}
+python3 tests/benches/plot.py "$OUT" -o "$PLOT" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "results: $OUT   plot: $PLOT   logs: $LOGDIR"

@@ -445,11 +445,22 @@ impl TestSidecar {
         defaults: &str,
         topics: &str,
     ) -> TestSidecar {
+        Self::start_with_server(backend_port, "", upstream, defaults, topics).await
+    }
+
+    /// Like [`TestSidecar::start_with_upstream`], with extra `[server]` lines too.
+    pub async fn start_with_server(
+        backend_port: u16,
+        server: &str,
+        upstream: &str,
+        defaults: &str,
+        topics: &str,
+    ) -> TestSidecar {
         let port = free_port();
         let admin_port = free_port();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             publish_token = \"{PUBLISH_TOKEN}\"\ndrain_timeout_ms = 3000\nthreads = 2\n\n\
+             publish_token = \"{PUBLISH_TOKEN}\"\ndrain_timeout_ms = 3000\nthreads = 2\n{server}\n\n\
              [upstream]\nbase_url = \"http://127.0.0.1:{backend_port}\"\ntimeout_ms = 500\n\
              backoff_initial_ms = 100\nbackoff_max_ms = 800\ncircuit_open_ms = 200\n{upstream}\n\n\
              [defaults]\n{defaults}\n\n{topics}\n"

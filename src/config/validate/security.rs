@@ -464,4 +464,16 @@ mod tests {
         assert!(errors.contains("exactly one of `env` or `file`"), "{errors}");
         assert!(errors.contains("shorter than 32"), "{errors}");
     }
+
+    #[test]
+    fn admin_token_is_a_secret_with_a_minimum_length_and_its_place() {
+        let text = "[server]\nadmin_token = \"short\"\n[upstream]\nbase_url = \"http://127.0.0.1:3000\"\n\
+                    [[topic]]\nname = \"t\"\npath = \"/t\"\nsource.poll = { url = \"/t\" }\n";
+        let errors = parse("t.toml", text).unwrap_err().to_string();
+        assert!(errors.contains("t.toml:2:15: error: `admin_token`"), "{errors}");
+        let text = text.replace("\"short\"", &format!("\"{SECRET}\""));
+        let config = parse("t.toml", &text).unwrap();
+        assert_eq!(config.server.admin_token.as_ref().unwrap().expose(), SECRET);
+        assert!(!format!("{config:?}").contains(SECRET));
+    }
 }

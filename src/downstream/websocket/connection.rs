@@ -184,10 +184,9 @@ impl Connection {
 
     pub async fn run(mut self, shutdown: &CancellationToken) {
         let _connected = match &self.feed {
-            Feed::Topic { subscribed, .. } => Some(SubscriberGauge::new(
-                &subscribed.subscription.topic().key().name,
-                "websocket",
-            )),
+            Feed::Topic { subscribed, .. } => {
+                Some(SubscriberGauge::new(subscribed.subscription.topic(), "websocket"))
+            }
             Feed::Echo => None,
         };
         if self.send_backlog().await.is_err() {
@@ -285,6 +284,9 @@ impl Connection {
             return Ok(());
         };
         let backlog = std::mem::take(&mut subscribed.backlog);
+        backlog
+            .first()
+            .inspect(|m| crate::metrics::delivered(subscribed.subscription.topic(), m, backlog.len() as u64));
         if let (Some(position), Envelope::Json) = (subscribed.reset, self.spec.envelope) {
             let notice = format!("{{\"reset\":true,\"cursor\":\"{position}\"}}");
             if !self.send(Frame::text(notice)).await {
@@ -325,6 +327,9 @@ impl Connection {
                     _ => break,
                 }
             }
+        }
+        if let Feed::Topic { subscribed, .. } = &self.feed {
+            crate::metrics::delivered(subscribed.subscription.topic(), &batch[0].0, batch.len() as u64);
         }
         let kind = self.frame_kind();
         let mut frames = Vec::with_capacity(batch.len());
@@ -376,6 +381,9 @@ impl Connection {
                     deliveries.inc_by(frames.len() as u64);
                 }
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
+                if let Feed::Topic { subscribed, .. } = &self.feed {
+                    subscribed.subscription.topic().stats().wrote(bytes);
+                }
                 self.counters.bytes_written.inc_by(bytes as u64);
                 result
             }
