@@ -61,7 +61,9 @@
 //!   deflate), `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
 //!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
-//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`; [`metrics`] defines every metric.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`, and the live admin page with its
+//!   `/api/topics` (per-instance figures the hub keeps in [`hub::stats`]); [`metrics`]
+//!   defines every metric.
 //! - [`app`]: builds the pingora server and its services; shutdown wiring.
 
 pub mod admin;

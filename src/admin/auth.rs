@@ -44,13 +44,7 @@ impl AdminAuth {
             return same_secret(given.trim().as_bytes(), expected.as_bytes());
         }
         let wanted = cookie_value(expected);
-        request
-            .headers
-            .get_all("cookie")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
+        crate::downstream::router::cookies(request)
             .any(|(name, value)| name == COOKIE && same_secret(value.as_bytes(), wanted.as_bytes()))
     }
 

@@ -68,6 +68,14 @@ impl Drop for ConnectionTicket {
     }
 }
 
+impl ConnectionTicket {
+    /// Bytes read from the socket for the current request's header so far (pingora may have
+    /// read past the header's end: a pipelined next request).
+    pub fn header_bytes_read(&self) -> usize {
+        self.header.bytes_read()
+    }
+}
+
 /// Called by the proxy once a request header has been read in full.
 pub fn mark_header_complete() {
     let _ = CONNECTION.try_with(|ticket| ticket.header.mark_complete());

@@ -66,6 +66,11 @@ impl HeaderBudget {
         self.complete.load(Ordering::Relaxed)
     }
 
+    /// Bytes the current request's header read from the socket (until it was complete).
+    pub fn bytes_read(&self) -> usize {
+        self.read.load(Ordering::Relaxed)
+    }
+
     /// How many more bytes may be read now; `None`: unlimited.
     fn remaining(&self) -> Option<usize> {
         if self.is_complete() {

@@ -5,9 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use pingora_error::Result;
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora_core::protocols::Stream;
+use pingora_error::{Error, ErrorType::WriteError, ErrorType::WriteTimedout, Result};
 use pingora_proxy::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
@@ -82,7 +84,7 @@ pub async fn serve(
     // The wait is held on a small task of its own, off pingora's request path, so a held
     // long poll costs about what an idle SSE stream does; its answer is written straight
     // to the socket and the connection goes back to the keep-alive loop.
-    match Detached::take(session) {
+    match Detached::take(session, spec.write_timeout) {
         Some(detached) => {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -174,71 +176,128 @@ impl Answer {
     }
 }
 
-/// A held long poll's connection, taken out of pingora: the HTTP/1.1 session (its request
-/// already read), the CORS headers its answer carries, the connection's place under the
-/// caps, and the way back to the keep-alive loop.
+/// A held long poll's connection, taken out of pingora: the bare socket (the request was
+/// read; pingora's session and its buffers are gone), what the answer needs (CORS headers,
+/// `HEAD`, whether the connection is kept alive), the connection's place under the caps and
+/// the way back to the keep-alive loop.
 struct Detached {
-    session: Box<ServerSession>,
+    stream: Stream,
+    /// The keep-alive timeout and reuses left of the session it came from.
+    settings: HttpPersistentSettings,
+    keep_alive_after: bool,
     cors: CorsStamp,
     connection: Arc<ConnectionTicket>,
     keep_alive: KeepAlive,
     head: bool,
+    write_timeout: Duration,
 }
 
 impl Detached {
     /// `None` where the request cannot leave pingora (HTTP/2, or outside the connection
     /// loop): it is then held in place, as before.
-    fn take(session: &mut Session) -> Option<Self> {
-        if !matches!(*session.downstream_session, ServerSession::H1(_)) {
+    fn take(session: &mut Session, write_timeout: Duration) -> Option<Self> {
+        let ServerSession::H1(http1) = &*session.downstream_session else {
+            return None;
+        };
+        let connection = connection_limit::hold_connection()?;
+        // pingora read more than the request header (a pipelined next request): those bytes
+        // are in its session, which does not hand them out. Held in place instead, where
+        // pingora answers and then closes, as for any request it overread.
+        if connection.header_bytes_read() > http1.get_headers_raw_bytes().len() {
             return None;
         }
-        let connection = connection_limit::hold_connection()?;
+        let keep_alive_after = http1.will_keepalive();
         let keep_alive = KeepAlive::current()?;
+        let settings = HttpPersistentSettings::for_session(&session.downstream_session);
         let head = session.req_header().method == http::Method::HEAD;
+        let cors = CorsStamp::take(session);
+        let ServerSession::H1(http1) = *take_connection(session) else {
+            return None;
+        };
         Some(Detached {
-            cors: CorsStamp::take(session),
-            session: take_connection(session),
+            stream: http1.into_inner(),
+            settings,
+            keep_alive_after,
+            cors,
             connection,
             keep_alive,
             head,
+            write_timeout,
         })
     }
 
     async fn serve(mut self, answer: Answer, waiting: Waiting, wait: Duration, shutdown: &CancellationToken) {
+        let mut pipelined = false;
         let outcome = waiting
             .wait(
                 &answer.topic,
                 wait,
                 shutdown,
-                self.session.read_body_or_idle(true),
+                client_gone(&mut self.stream, &mut pipelined),
             )
             .await;
-        // Boxed: the writes are larger futures than the wait, and only the wait is held.
+        // A server draining meanwhile tells the client not to come back on this connection;
+        // so does a client that sent its next request before this answer (HTTP/1.1
+        // pipelining, which pingora does not serve either): it retries it on a new one.
+        self.keep_alive_after &= !shutdown.is_cancelled() && !pipelined;
+        // Boxed: the write is a larger future than the wait, and only the wait is held.
         if let Err(error) = Box::pin(self.answer(&answer, outcome)).await {
             tracing::debug!("a held long poll could not answer: {error}");
         }
     }
 
-    async fn answer(self, answer: &Answer, outcome: Outcome) -> Result<()> {
+    async fn answer(mut self, answer: &Answer, outcome: Outcome) -> Result<()> {
         let Some((mut response, body)) = answer.build(outcome)? else {
-            // The client is gone: dropping the session closes the socket.
+            // The client is gone: dropping the socket closes it.
             return Ok(());
         };
         self.cors.apply(&mut response)?;
-        let mut session = self.session;
         let send_body = prepare_response(&mut response, &body, self.head)?;
-        session.write_response_header(Box::new(response)).await?;
+        let keep_alive = self.keep_alive_after;
+        response.insert_header("Date", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
+        response.insert_header("Connection", if keep_alive { "keep-alive" } else { "close" })?;
+        let mut wire = BytesMut::with_capacity(256 + if send_body { body.len() } else { 0 });
+        wire.put_slice(b"HTTP/1.1 ");
+        wire.put_slice(response.status.as_str().as_bytes());
+        wire.put_u8(b' ');
+        wire.put_slice(response.status.canonical_reason().unwrap_or("").as_bytes());
+        wire.put_slice(b"\r\n");
+        response.header_to_h1_wire(&mut wire);
+        wire.put_slice(b"\r\n");
         if send_body {
-            session.write_response_body(body, true).await?;
+            wire.put_slice(&body);
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        if let Some(reusable) = session.finish().await? {
+        let write = async {
+            self.stream.write_all(&wire).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Error::e_because(WriteError, "writing a long-poll answer", error),
+            Err(_) => return Error::e_explain(WriteTimedout, "writing a long-poll answer"),
+        }
+        if keep_alive {
             self.keep_alive.resume(
-                ReusedHttpStream::from_reusable_stream(reusable, settings),
+                ReusedHttpStream::new(self.stream, Some(self.settings)),
                 self.connection,
             );
         }
         Ok(())
+    }
+}
+
+/// Completes when the client closes the connection (or it fails). A held poll has no
+/// request body: anything the client sends is its next request (`pipelined`), not served
+/// here; the hold goes on (no longer watching for a close) and the connection closes after
+/// the answer.
+async fn client_gone(stream: &mut Stream, pipelined: &mut bool) {
+    let mut buffer = [0u8; 64];
+    match stream.read(&mut buffer).await {
+        Ok(read) if read > 0 => {
+            *pipelined = true;
+            std::future::pending::<()>().await;
+        }
+        _ => {}
     }
 }
 

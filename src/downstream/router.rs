@@ -117,6 +117,17 @@ pub fn header<'a>(request: &'a RequestHeader, name: &str) -> Option<&'a str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The request's cookies as `(name, value)` pairs, over every `Cookie` header (RFC 6265 §5.4).
+pub fn cookies(request: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    request
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+}
+
 /// Why a request cannot be served as asked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {

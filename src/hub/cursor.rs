@@ -95,6 +95,17 @@ impl FromStr for Cursor {
 }
 
 #[cfg(test)]
+impl Cursor {
+    /// Seq `seq` of the first epoch there is (`1000000`), for tests.
+    pub fn test(seq: u64) -> Cursor {
+        Cursor {
+            epoch: Epoch::from_raw(36u64.pow(6)),
+            seq,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

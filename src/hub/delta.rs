@@ -165,15 +165,11 @@ impl DeltaCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cursor::Epoch;
     use crate::hub::message::Payload;
     use serde_json::json;
 
     fn cursor(seq: u64) -> Cursor {
-        Cursor {
-            epoch: Epoch::from_raw(36u64.pow(6)),
-            seq,
-        }
+        Cursor::test(seq)
     }
 
     fn message(seq: u64, value: &Value, source: &mut DeltaSource) -> Message {

@@ -77,15 +77,11 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cursor::Epoch;
     use crate::hub::encodings::InlineSlot;
 
     #[test]
     fn the_weight_grows_with_the_encodings_made_and_the_queue_weight_does_not() {
-        let cursor = Cursor {
-            epoch: Epoch::from_raw(36u64.pow(6)),
-            seq: 1,
-        };
+        let cursor = Cursor::test(1);
         let message = Message::new(
             cursor,
             Payload {

@@ -209,15 +209,12 @@ impl SubscriberQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::cursor::{Cursor, Epoch};
+    use crate::hub::cursor::Cursor;
     use crate::hub::message::Payload;
     use bytes::Bytes;
 
     fn message(seq: u64) -> Arc<Message> {
-        let cursor = Cursor {
-            epoch: Epoch::from_raw(36u64.pow(6)),
-            seq,
-        };
+        let cursor = Cursor::test(seq);
         Arc::new(Message::new(
             cursor,
             Payload {

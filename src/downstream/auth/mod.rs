@@ -357,13 +357,7 @@ fn token(jwt: &JwtSpec, request: &RequestHeader) -> Option<String> {
         }
     }
     if let Some(name) = &jwt.cookie {
-        let found = request
-            .headers
-            .get_all("cookie")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
+        let found = super::router::cookies(request)
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.trim_matches('"').to_string());
         if found.as_deref().is_some_and(|t| !t.is_empty()) {

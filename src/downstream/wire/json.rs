@@ -59,13 +59,9 @@ fn json_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Epoch;
 
     fn cursor(seq: u64) -> Cursor {
-        Cursor {
-            epoch: Epoch::from_raw(36u64.pow(6)),
-            seq,
-        }
+        Cursor::test(seq)
     }
 
     #[test]

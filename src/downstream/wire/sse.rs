@@ -79,13 +79,10 @@ fn split_lines(data: &[u8]) -> Vec<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Epoch, Payload};
+    use crate::hub::Payload;
 
-    pub(crate) fn cursor(seq: u64) -> Cursor {
-        Cursor {
-            epoch: Epoch::from_raw(36u64.pow(6)),
-            seq,
-        }
+    fn cursor(seq: u64) -> Cursor {
+        Cursor::test(seq)
     }
 
     #[test]

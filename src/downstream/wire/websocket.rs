@@ -261,13 +261,10 @@ mod tests {
 
     #[tokio::test]
     async fn websocket_frames_are_shared_per_window_and_large_deflates_leave_the_runtime() {
-        use crate::hub::{Cursor, Epoch, Payload};
+        use crate::hub::{Cursor, Payload};
         use futures_util::FutureExt;
         let message = |seq: u64, data: String| {
-            let cursor = Cursor {
-                epoch: Epoch::from_raw(36u64.pow(6)),
-                seq,
-            };
+            let cursor = Cursor::test(seq);
             Message::new(
                 cursor,
                 Payload {
