@@ -256,8 +256,32 @@ fn sort_value(entry: &Value, key: SortKey) -> f64 {
     }
 }
 
+/// Fills in who holds the lease of each instance held by another sidecar (its own are known
+/// here): one `MGET` for the page. Left `null` when Redis does not answer in time.
+async fn lease_holders(admin: &Admin, page: &mut [(&Arc<Topic>, Value)]) {
+    let Some(cluster) = &admin.cluster else {
+        return;
+    };
+    let elsewhere: Vec<usize> = (0..page.len())
+        .filter(|&index| page[index].1["lease"]["held_here"] == false)
+        .collect();
+    let keys: Vec<crate::hub::TopicKey> = elsewhere
+        .iter()
+        .map(|&index| page[index].0.key().clone())
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let Some(holders) = cluster.lease_holders(&keys).await else {
+        return;
+    };
+    for (index, holder) in elsewhere.into_iter().zip(holders) {
+        page[index].1["lease"]["holder"] = holder.map_or(Value::Null, Value::String);
+    }
+}
+
 /// `GET /api/topics`.
-pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
+pub async fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
     let query = match parse_query(query) {
         Ok(query) => query,
         Err(reason) => return text(400, &reason),
@@ -265,13 +289,13 @@ pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
     let topics = admin.registry.topics();
     let instances = topics.len();
     let router = admin.topics.current();
-    let mut entries: Vec<Value> = topics
+    let mut entries: Vec<(&Arc<Topic>, Value)> = topics
         .iter()
         .filter(|topic| {
             query.filter.is_empty() || topic.key().to_string().to_lowercase().contains(&query.filter)
         })
-        .map(|topic| entry(admin, &router, topic))
-        .filter(|entry| {
+        .map(|topic| (topic, entry(admin, &router, topic)))
+        .filter(|(_, entry)| {
             query
                 .state
                 .as_deref()
@@ -279,7 +303,7 @@ pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
         })
         .collect();
     let by_instance = |a: &Value, b: &Value| a["instance"].as_str().cmp(&b["instance"].as_str());
-    entries.sort_by(|a, b| {
+    entries.sort_by(|(_, a), (_, b)| {
         let order = sort_value(a, query.sort)
             .total_cmp(&sort_value(b, query.sort))
             .then_with(|| by_instance(a, b));
@@ -290,7 +314,10 @@ pub fn list(admin: &Admin, query: Option<&str>) -> Response<Vec<u8>> {
         }
     });
     let total = entries.len();
-    let page: Vec<Value> = entries.into_iter().skip(query.offset).take(query.limit).collect();
+    let mut page: Vec<(&Arc<Topic>, Value)> =
+        entries.into_iter().skip(query.offset).take(query.limit).collect();
+    lease_holders(admin, &mut page).await;
+    let page: Vec<Value> = page.into_iter().map(|(_, entry)| entry).collect();
     let (process, cluster) = process(admin, instances);
     json_reply(
         200,
@@ -314,9 +341,14 @@ fn find(admin: &Admin, id: &str) -> Option<Arc<Topic>> {
 }
 
 /// `GET /api/topics/{id}`.
-pub fn one(admin: &Admin, id: &str) -> Response<Vec<u8>> {
+pub async fn one(admin: &Admin, id: &str) -> Response<Vec<u8>> {
     match find(admin, id) {
-        Some(topic) => json_reply(200, &entry(admin, &admin.topics.current(), &topic)),
+        Some(topic) => {
+            let mut page = [(&topic, entry(admin, &admin.topics.current(), &topic))];
+            lease_holders(admin, &mut page).await;
+            let [(_, entry)] = page;
+            json_reply(200, &entry)
+        }
         None => text(404, &format!("no live topic instance has the id {id}")),
     }
 }

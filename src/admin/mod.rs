@@ -103,8 +103,8 @@ impl ServeHttp for Admin {
             }
             (_, api) if api.starts_with("/api/topics/") && !self.auth.allows(session) => self.auth.refuse(false),
             ("GET" | "HEAD", "/" | "/index.html") => reply(200, "text/html; charset=utf-8", PAGE),
-            ("GET", "/api/topics") => api::list(self, session.req_header().uri.query()),
-            ("GET", one) if one.starts_with("/api/topics/") => api::one(self, &one["/api/topics/".len()..]),
+            ("GET", "/api/topics") => api::list(self, session.req_header().uri.query()).await,
+            ("GET", one) if one.starts_with("/api/topics/") => api::one(self, &one["/api/topics/".len()..]).await,
             ("DELETE", one) if one.starts_with("/api/topics/") => api::close(self, &one["/api/topics/".len()..]),
             ("POST", publish_path) if publish_path.starts_with("/publish/") => {
                 publish::handle(self, session, &publish_path["/publish".len()..]).await

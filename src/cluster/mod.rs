@@ -59,6 +59,9 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
 }
 
+/// The longest the admin API waits for the lease holders of one page.
+pub const LEASE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Keeps the cluster's runtime alive; dropping it stops every cluster task.
 pub struct ClusterRuntime(Option<tokio::runtime::Runtime>);
 
@@ -144,6 +147,20 @@ impl Cluster {
 
     pub fn keys(&self, key: &TopicKey) -> InstanceKeys {
         InstanceKeys::new(&self.settings.key_prefix, key)
+    }
+
+    /// Who holds the poller lease of each of these instances, cluster-wide (the admin API
+    /// asks for one page of instances at a time). `None` when Redis cannot say within
+    /// [`LEASE_LOOKUP_TIMEOUT`], or the cluster is degraded.
+    pub async fn lease_holders(&self, instances: &[TopicKey]) -> Option<Vec<Option<String>>> {
+        if self.health.is_degraded() {
+            return None;
+        }
+        let keys: Vec<String> = instances.iter().map(|key| self.keys(key).lease).collect();
+        tokio::time::timeout(LEASE_LOOKUP_TIMEOUT, self.store.lease_holders(&keys))
+            .await
+            .ok()?
+            .ok()
     }
 
     /// A push published on any sidecar: sequenced in Redis, delivered by every follower.

@@ -378,6 +378,21 @@ impl Store {
         self.done("lease", result)
     }
 
+    /// Who holds each of these leases now (`instance:nonce`), in one `MGET`; `None` for a
+    /// lease nobody holds.
+    pub async fn lease_holders(&self, lease_keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if lease_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = redis::cmd("MGET")
+            .arg(lease_keys)
+            .query_async::<Vec<Option<String>>>(&mut self.connection())
+            .await
+            .map_err(StoreError::from);
+        self.record("lease", &result);
+        result
+    }
+
     /// Is Redis there? (The degraded-mode watch.)
     pub async fn ping(&self) -> Result<(), StoreError> {
         let result = redis::cmd("PING")
