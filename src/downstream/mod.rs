@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod connection_limit;
 pub mod cors;
 pub mod delta;
+pub mod direct;
 pub mod header_budget;
 pub mod in_flight;
 pub mod instance_quota;

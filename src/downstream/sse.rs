@@ -1,5 +1,6 @@
 //! Server-Sent Events: one chunked response per client, fed from its subscription.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,19 +10,22 @@ use pingora_core::protocols::Stream;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus::IntCounter;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
+use super::direct::{Socket, SocketHandle, TryWrite};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
 use super::wire::patch_slot;
 use super::wire::sse::{self as wire_sse, encode_event, http_chunk};
 use crate::config::TopicSpec;
 use crate::hub::{
-    CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, Message, Mode, Subscribe, Subscription, Topic,
+    CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, DirectSink, Message, Mode, Subscribe,
+    Subscription, Topic,
 };
 use crate::metrics::{SubscriberGauge, METRICS};
 
@@ -33,6 +37,8 @@ const KEEPALIVE_CHUNK: &[u8] = b"d\r\n: keepalive\n\n\r\n";
 
 enum Step {
     Deliver(Delivery),
+    /// A direct write left bytes to finish.
+    Finish,
     Stale(bool),
     Keepalive,
     Drain,
@@ -257,18 +263,32 @@ impl SseStream {
         let _connected = SubscriberGauge::new(&self.topic, "sse");
         let deliveries = METRICS.deliveries.with_label_values(&[topic_name, "sse"]);
         let bytes_written = METRICS.bytes_written.with_label_values(&["sse"]);
-        // One owner for both directions: the read below is a `select!` branch, dropped before
-        // any write, so no split (and its lock) is needed.
-        let mut stream = stream;
+        // Shared with the publishing task, which writes messages straight into it while this
+        // task waits (see `direct`). The read below is a `select!` branch, dropped before
+        // any write of this task's.
+        let socket = Socket::new(stream);
+        let mut stream = SocketHandle(socket.clone());
         if !write_chunk(&mut stream, http_chunk(&first), self.write_timeout).await {
             return;
         }
         let mut last_write = Instant::now();
         let mut stale = self.topic.watch_stale();
-        if *stale.borrow_and_update()
+        let stale_sent = Arc::new(AtomicBool::new(*stale.borrow_and_update()));
+        if stale_sent.load(Ordering::Relaxed)
             && !write_chunk(&mut stream, http_chunk(&stale_frame(true)), self.write_timeout).await
         {
             return;
+        }
+        // A delta client's frames depend on what it holds, and one whose credentials lapse
+        // must not be written to after the lapse: both keep to their own task.
+        if self.deltas.is_none() && self.expiry.is_none() {
+            self.subscription.set_direct_sink(Arc::new(SseSink {
+                socket: socket.clone(),
+                topic: self.topic.clone(),
+                stale_sent: stale_sent.clone(),
+                deliveries: deliveries.clone(),
+                bytes_written: bytes_written.clone(),
+            }));
         }
         // Set once the drain starts: when this stream ends. A stream opened during the drain
         // ends at once.
@@ -293,9 +313,14 @@ impl SseStream {
                 // Before deliveries: "fresh again" precedes the first new message.
                 Ok(()) = stale.changed() => Step::Stale(*stale.borrow_and_update()),
                 delivery = self.subscription.recv() => Step::Deliver(delivery),
+                () = socket.unfinished() => Step::Finish,
                 _ = tokio::time::sleep_until(last_write + self.keepalive) => Step::Keepalive,
                 _ = stream.read(&mut probe) => Step::ClientGone,
             };
+            if !matches!(step, Step::Deliver(_) | Step::Finish) {
+                // Whatever this task writes now must not meet a direct write halfway.
+                self.subscription.claim();
+            }
             let chunk = match step {
                 Step::Deliver(Delivery::Message { message, skipped }) => {
                     // The common case is one message and no gap: its shared chunk, no copy.
@@ -344,8 +369,31 @@ impl SseStream {
                         Lapse::Revoked(_) => Bytes::from_static(b": access revoked\n\n"),
                     });
                 }
-                Step::Stale(now_stale) => http_chunk(&stale_frame(now_stale)),
-                Step::Keepalive => Bytes::from_static(KEEPALIVE_CHUNK),
+                Step::Stale(now_stale) => {
+                    // Marked only once written: until then messages wait in the queue, so
+                    // the client learns of the flip before the message that follows it.
+                    if !write_chunk(
+                        &mut stream,
+                        http_chunk(&stale_frame(now_stale)),
+                        self.write_timeout,
+                    )
+                    .await
+                    {
+                        break None;
+                    }
+                    stale_sent.store(now_stale, Ordering::Relaxed);
+                    last_write = Instant::now();
+                    continue;
+                }
+                Step::Finish => Bytes::new(),
+                Step::Keepalive => match socket.last_direct_write() {
+                    // Messages went out directly since: no comment is due yet.
+                    Some(direct) if direct > last_write => {
+                        last_write = direct;
+                        continue;
+                    }
+                    _ => Bytes::from_static(KEEPALIVE_CHUNK),
+                },
                 Step::ClientGone => break None,
             };
             let length = chunk.len();
@@ -370,8 +418,36 @@ impl SseStream {
     }
 }
 
+/// Hands the shared chunk of a message straight to the socket of a parked SSE client.
+struct SseSink {
+    socket: Arc<Socket>,
+    topic: Arc<Topic>,
+    /// The stale flag as this client was last told it: a flip not yet told sends the
+    /// message through the queue, behind the notice.
+    stale_sent: Arc<AtomicBool>,
+    deliveries: IntCounter,
+    bytes_written: IntCounter,
+}
+
+impl DirectSink for SseSink {
+    fn offer(&self, message: &Arc<Message>) -> bool {
+        if self.topic.is_stale() != self.stale_sent.load(Ordering::Relaxed) {
+            return false;
+        }
+        let chunk = wire_sse::chunk(message);
+        if self.socket.try_write_now(&chunk) == TryWrite::Refused {
+            return false;
+        }
+        self.deliveries.inc();
+        crate::metrics::delivered(&self.topic, message, 1);
+        self.bytes_written.inc_by(chunk.len() as u64);
+        self.topic.stats().wrote(chunk.len());
+        true
+    }
+}
+
 /// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.
-async fn write_chunk(writer: &mut Stream, chunk: Bytes, limit: Duration) -> bool {
+async fn write_chunk(writer: &mut (impl AsyncWrite + Unpin), chunk: Bytes, limit: Duration) -> bool {
     let write = async {
         writer.write_all(&chunk).await?;
         writer.flush().await

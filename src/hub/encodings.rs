@@ -108,6 +108,26 @@ impl Encodings {
         .clone()
     }
 
+    /// The encoding in an awaited `slot` when it is made, or else made here at once by
+    /// `encode` (for a caller that cannot wait, with an encoding cheap enough to make
+    /// inline). Should another caller be making it right now, both make it, once each.
+    pub fn awaited_now(&self, slot: AwaitedSlot, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let cell = &self.awaited.get_or_init(Default::default)[slot.0];
+        if let Some(bytes) = cell.get() {
+            return bytes.clone();
+        }
+        let bytes = encode();
+        if cell.set(bytes.clone()).is_ok() {
+            self.held.fetch_add(bytes.len(), Ordering::Relaxed);
+        }
+        bytes
+    }
+
+    /// The encoding in an awaited `slot`, if it is made.
+    pub fn made(&self, slot: AwaitedSlot) -> Option<Bytes> {
+        self.awaited.get()?[slot.0].get().cloned()
+    }
+
     /// Bytes of every encoding made so far.
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)

@@ -21,6 +21,6 @@ pub use history::HistoryLimits;
 pub use message::{Message, Payload};
 pub use registry::{Registry, UpstreamLauncher};
 pub use stats::{TopicStats, Transport};
-pub use subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits};
+pub use subscriber::{CloseReason, Delivery, DirectSink, OverflowPolicy, QueueLimits};
 pub use topic::{Mode, Published, Resume, Subscribe, Subscription, Topic, TopicSettings};
 pub use topic_key::TopicKey;

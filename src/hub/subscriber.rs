@@ -5,6 +5,7 @@
 //! others nor grow memory without bound.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -67,13 +68,41 @@ pub struct OverflowCounts {
     pub disconnected: bool,
 }
 
-#[derive(Debug, Default)]
+/// A way to hand a message straight to a client whose connection has nothing in flight,
+/// from the publishing task, without waking the connection's own task: what a fan-out
+/// costs is then one socket write per client. Implemented by the transports; the hub
+/// only decides when an offer is allowed (see [`SubscriberQueue::push`]).
+pub trait DirectSink: Send + Sync {
+    /// Delivers `message` now if it can without waiting (`true`); the sink then owns
+    /// finishing the write. `false`: nothing was written, and the message is queued.
+    fn offer(&self, message: &Arc<Message>) -> bool;
+}
+
+#[derive(Default)]
 struct QueueState {
     items: VecDeque<Arc<Message>>,
     bytes: usize,
     skipped: u64,
     closed: Option<CloseReason>,
     counts: OverflowCounts,
+    /// The consumer waits in [`SubscriberQueue::recv`] with nothing taken and nothing of its
+    /// own being written: only then may a message bypass the queue, so that it can never
+    /// overtake one the consumer holds or cut into a write of the consumer's.
+    parked: bool,
+    sink: Option<Arc<dyn DirectSink>>,
+}
+
+impl fmt::Debug for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueState")
+            .field("items", &self.items.len())
+            .field("bytes", &self.bytes)
+            .field("skipped", &self.skipped)
+            .field("closed", &self.closed)
+            .field("parked", &self.parked)
+            .field("direct", &self.sink.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -100,11 +129,31 @@ impl SubscriberQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a message, applying the overflow policy. Returns what the policy dropped.
+    /// Lets [`Self::push`] hand messages to `sink` while the consumer is parked.
+    pub fn set_sink(&self, sink: Arc<dyn DirectSink>) {
+        self.lock().sink = Some(sink);
+    }
+
+    /// The consumer is about to write something of its own (a keepalive, a ping, its
+    /// goodbye): no direct delivery until it waits in [`Self::recv`] again. Any offer in
+    /// progress finishes first (it holds the lock).
+    pub fn claim(&self) {
+        self.lock().parked = false;
+    }
+
+    /// Queues a message, applying the overflow policy, or hands it to the direct sink when
+    /// the consumer is parked on an empty queue. Returns what the policy dropped.
     pub fn push(&self, message: Arc<Message>) -> OverflowCounts {
         let mut state = self.lock();
         if state.closed.is_some() {
             return OverflowCounts::default();
+        }
+        if state.parked && state.items.is_empty() && state.skipped == 0 {
+            if let Some(sink) = &state.sink {
+                if sink.offer(&message) {
+                    return OverflowCounts::default();
+                }
+            }
         }
         let before = state.counts;
         let weight = message.payload_bytes();
@@ -167,8 +216,12 @@ impl SubscriberQueue {
 
     /// Takes the next delivery without waiting.
     pub fn try_recv(&self) -> Option<Delivery> {
-        let mut state = self.lock();
+        Self::take(&mut self.lock())
+    }
+
+    fn take(state: &mut QueueState) -> Option<Delivery> {
         if let Some(message) = state.items.pop_front() {
+            state.parked = false;
             state.bytes -= message.payload_bytes();
             let skipped = std::mem::take(&mut state.skipped);
             return Some(Delivery::Message { message, skipped });
@@ -179,8 +232,12 @@ impl SubscriberQueue {
     /// Waits for the next delivery. Cancel-safe: nothing is taken until it returns.
     pub async fn recv(&self) -> Delivery {
         loop {
-            if let Some(delivery) = self.try_recv() {
-                return delivery;
+            {
+                let mut state = self.lock();
+                if let Some(delivery) = Self::take(&mut state) {
+                    return delivery;
+                }
+                state.parked = true;
             }
             // `notify_one` stores a permit when nobody waits, so a push between the check
             // above and this await is not lost.
@@ -307,5 +364,94 @@ mod tests {
             .expect("recv wakes up")
             .expect("task ok");
         assert!(matches!(delivery, Delivery::Message { message, .. } if message.cursor.seq == 1));
+    }
+
+    /// A sink that takes messages while `accept` says so and records what it took.
+    #[derive(Default)]
+    struct RecordingSink {
+        accept: std::sync::atomic::AtomicBool,
+        taken: Mutex<Vec<u64>>,
+    }
+
+    impl DirectSink for RecordingSink {
+        fn offer(&self, message: &Arc<Message>) -> bool {
+            if !self.accept.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            self.taken.lock().unwrap().push(message.cursor.seq);
+            true
+        }
+    }
+
+    fn with_sink(accept: bool) -> (Arc<SubscriberQueue>, Arc<RecordingSink>) {
+        let queue = Arc::new(queue(OverflowPolicy::DropOldest));
+        let sink = Arc::new(RecordingSink::default());
+        sink.accept.store(accept, std::sync::atomic::Ordering::SeqCst);
+        queue.set_sink(sink.clone());
+        (queue, sink)
+    }
+
+    /// Polls `recv` once, as a consumer's `select!` does before it waits: it parks.
+    fn park(queue: &SubscriberQueue) {
+        use futures_util::FutureExt;
+        assert!(queue.recv().now_or_never().is_none(), "nothing was queued");
+    }
+
+    #[test]
+    fn a_parked_consumer_gets_messages_through_its_sink_and_is_not_woken() {
+        let (queue, sink) = with_sink(true);
+        // Not parked yet (the consumer is still writing its backlog): queued.
+        queue.push(message(1));
+        assert_eq!(drain(&queue), vec![(1, 0)]);
+        park(&queue);
+        queue.push(message(2));
+        queue.push(message(3));
+        assert_eq!(*sink.taken.lock().unwrap(), vec![2, 3]);
+        assert!(queue.is_empty());
+        use futures_util::FutureExt;
+        assert!(
+            queue.recv().now_or_never().is_none(),
+            "no wake-up permit was left behind"
+        );
+    }
+
+    #[test]
+    fn messages_never_overtake_one_the_consumer_holds_or_waits_for() {
+        let (queue, sink) = with_sink(true);
+        park(&queue);
+        // The sink refuses (its socket would block): queued, and the consumer is woken.
+        sink.accept.store(false, std::sync::atomic::Ordering::SeqCst);
+        queue.push(message(1));
+        sink.accept.store(true, std::sync::atomic::Ordering::SeqCst);
+        // 1 waits in the queue, so 2 must wait behind it.
+        queue.push(message(2));
+        assert!(sink.taken.lock().unwrap().is_empty());
+        // The consumer takes 1 and is busy writing it: 3 waits too.
+        assert!(
+            matches!(queue.try_recv(), Some(Delivery::Message { message, .. }) if message.cursor.seq == 1)
+        );
+        queue.push(message(3));
+        assert_eq!(drain(&queue), vec![(2, 0), (3, 0)]);
+        assert!(sink.taken.lock().unwrap().is_empty());
+        // Parked again on an empty queue: direct.
+        park(&queue);
+        queue.push(message(4));
+        assert_eq!(*sink.taken.lock().unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn a_claim_keeps_messages_in_the_queue_until_the_consumer_parks_again() {
+        let (queue, sink) = with_sink(true);
+        park(&queue);
+        queue.claim();
+        queue.push(message(1));
+        assert!(sink.taken.lock().unwrap().is_empty());
+        assert_eq!(drain(&queue), vec![(1, 0)]);
+        queue.close(CloseReason::TopicClosed);
+        queue.push(message(2));
+        assert!(
+            sink.taken.lock().unwrap().is_empty(),
+            "nothing reaches a closed queue's sink"
+        );
     }
 }

@@ -101,6 +101,8 @@ struct TopicState {
     history: History,
     recent_keys: std::collections::VecDeque<(String, Cursor, Instant)>,
     subscribers: HashMap<u64, Arc<SubscriberQueue>>,
+    /// The queues as one list for the fan-out, made again only after the set changed.
+    fan_out_list: Option<Arc<[Arc<SubscriberQueue>]>>,
     next_subscriber_id: u64,
     last_activity: Instant,
     upstream: UpstreamHealth,
@@ -114,6 +116,10 @@ pub struct Topic {
     key: TopicKey,
     settings: TopicSettings,
     state: Mutex<TopicState>,
+    /// Held from an append to the end of its fan-out (taken before `state`): messages reach
+    /// every queue in cursor order while the fan-out itself, which may write straight to
+    /// sockets, runs outside the state lock that subscribes and polls need.
+    fan_out_order: Mutex<()>,
     /// `true` while the upstream is failing and the data served is the last good one.
     stale: tokio::sync::watch::Sender<bool>,
     /// Counts requests for the instance (short polls, subscribes): an upstream that polls
@@ -138,10 +144,12 @@ impl Topic {
         Arc::new(Topic {
             key,
             settings,
+            fan_out_order: Mutex::new(()),
             state: Mutex::new(TopicState {
                 history,
                 recent_keys: std::collections::VecDeque::new(),
                 subscribers: HashMap::new(),
+                fan_out_list: None,
                 next_subscriber_id: 0,
                 last_activity: Instant::now(),
                 upstream: UpstreamHealth::default(),
@@ -187,9 +195,10 @@ impl Topic {
     /// Assigns the next cursor, encodes once, keeps it in history and queues it for every
     /// subscriber. Never waits for a subscriber.
     pub fn publish(&self, payload: Payload) -> Arc<Message> {
+        let order = self.lock_fan_out_order();
         let mut state = self.lock();
         let message = state.history.append(payload);
-        self.fan_out(state, &message);
+        self.fan_out(order, state, &message);
         message
     }
 
@@ -197,24 +206,46 @@ impl Topic {
     /// Only the next `seq` of the current epoch is taken (`false` otherwise): the caller
     /// orders messages and repairs gaps before handing them over.
     pub fn deliver(&self, cursor: Cursor, payload: Payload) -> bool {
+        let order = self.lock_fan_out_order();
         let mut state = self.lock();
         let Some(message) = state.history.append_at(cursor, payload) else {
             return false;
         };
-        self.fan_out(state, &message);
+        self.fan_out(order, state, &message);
         true
     }
 
-    /// Queues `message` for every subscriber (then releases the lock) and records it.
-    fn fan_out(&self, state: MutexGuard<'_, TopicState>, message: &Arc<Message>) {
+    fn lock_fan_out_order(&self) -> MutexGuard<'_, ()> {
+        self.fan_out_order.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `message` for every subscriber (or hands it to their direct sinks) after
+    /// releasing the state lock, still in append order (`order`), and records it.
+    fn fan_out(
+        &self,
+        order: MutexGuard<'_, ()>,
+        mut state: MutexGuard<'_, TopicState>,
+        message: &Arc<Message>,
+    ) {
+        let queues = match &state.fan_out_list {
+            Some(list) => list.clone(),
+            None => {
+                let list: Arc<[Arc<SubscriberQueue>]> = state.subscribers.values().cloned().collect();
+                state.fan_out_list = Some(list.clone());
+                list
+            }
+        };
+        // A subscriber that joins from here on got this message in its backlog (or starts
+        // after it); one that leaves gets a push into a queue nobody reads.
+        drop(state);
         let mut dropped = 0;
         let mut disconnected = 0;
-        for queue in state.subscribers.values() {
+        for queue in queues.iter() {
             let counts = queue.push(message.clone());
             dropped += counts.dropped;
             disconnected += u64::from(counts.disconnected);
         }
-        drop(state);
+        drop(order);
         if let Some(observer) = super::events::observer() {
             observer.published(
                 &self.key.name,
@@ -257,6 +288,7 @@ impl Topic {
             for (_, queue) in state.subscribers.drain() {
                 queue.close(CloseReason::TopicClosed);
             }
+            state.fan_out_list = None;
         }
         drop(state);
         self.shared_epoch
@@ -298,12 +330,13 @@ impl Topic {
     /// otherwise): a source serving alone must never append to a history that rejoined the
     /// shared log, whose cursors it does not own.
     pub fn publish_in(&self, epoch: Epoch, payload: Payload) -> Option<Arc<Message>> {
+        let order = self.lock_fan_out_order();
         let mut state = self.lock();
         if state.history.cursor().epoch != epoch {
             return None;
         }
         let message = state.history.append(payload);
-        self.fan_out(state, &message);
+        self.fan_out(order, state, &message);
         Some(message)
     }
 
@@ -387,6 +420,7 @@ impl Topic {
             queue.close(CloseReason::TopicClosed);
         } else {
             state.subscribers.insert(id, queue.clone());
+            state.fan_out_list = None;
         }
         state.last_activity = Instant::now();
         drop(state);
@@ -438,7 +472,9 @@ impl Topic {
 
     fn unsubscribe(&self, id: u64) {
         let mut state = self.lock();
-        state.subscribers.remove(&id);
+        if state.subscribers.remove(&id).is_some() {
+            state.fan_out_list = None;
+        }
         state.last_activity = Instant::now();
     }
 
@@ -552,6 +588,17 @@ impl Subscription {
 
     pub fn try_recv(&self) -> Option<Delivery> {
         self.queue.try_recv()
+    }
+
+    /// See [`SubscriberQueue::set_sink`]: a transport that can write a message straight to
+    /// its socket from the publishing task registers how.
+    pub fn set_direct_sink(&self, sink: Arc<dyn super::subscriber::DirectSink>) {
+        self.queue.set_sink(sink);
+    }
+
+    /// See [`SubscriberQueue::claim`]: before any write of the consumer's own.
+    pub fn claim(&self) {
+        self.queue.claim();
     }
 
     pub fn topic(&self) -> &Arc<Topic> {

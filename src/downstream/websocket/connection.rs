@@ -63,6 +63,8 @@ pub enum Feed {
 enum Event {
     Shutdown,
     Delivery(Delivery),
+    /// A direct write left bytes to finish.
+    Finish,
     Frame(Result<Frame, WebSocketError>),
     PingDue,
     PongOverdue,
@@ -192,6 +194,7 @@ impl Connection {
         if self.send_backlog().await.is_err() {
             return;
         }
+        self.go_direct();
         let mut next_ping = Instant::now() + self.spec.ping_interval;
         let mut pong_due: Option<Instant> = None;
         loop {
@@ -210,12 +213,23 @@ impl Connection {
                     frame = self.ws.next_frame(), if reading => Event::Frame(frame),
                     Some(reply) = self.inbound_replies.next(), if !self.inbound_replies.is_empty() => Event::InboundReply(reply),
                     delivery = recv_or_never(subscription) => Event::Delivery(delivery),
+                    () = self.raw.0.unfinished() => Event::Finish,
                     _ = tokio::time::sleep_until(next_ping) => Event::PingDue,
                     _ = sleep_until_or_never(pong_due), if reading => Event::PongOverdue,
                     lapse = lapsed_or_never(self.expiry.as_ref()) => Event::CredentialsLapsed(lapse),
                 }
             };
+            if let (false, Feed::Topic { subscribed, .. }) =
+                (matches!(event, Event::Delivery(_) | Event::Finish), &self.feed)
+            {
+                // Whatever this task writes now must not meet a direct write halfway.
+                subscribed.subscription.claim();
+            }
             let keep_going = match event {
+                Event::Finish => matches!(
+                    tokio::time::timeout(self.write_timeout, self.raw.flush()).await,
+                    Ok(Ok(()))
+                ),
                 Event::Shutdown => {
                     self.close(CloseCode::Away, "server shutting down").await;
                     false
@@ -275,6 +289,33 @@ impl Connection {
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), self.raw.shutdown()).await;
+    }
+
+    /// From here on the publishing task may write messages straight to the socket while
+    /// this task waits; not for a delta client (its frames depend on what it holds) nor
+    /// for one whose credentials lapse (nothing may reach it after the lapse).
+    fn go_direct(&self) {
+        let Feed::Topic {
+            subscribed,
+            deltas: None,
+            ..
+        } = &self.feed
+        else {
+            return;
+        };
+        let (None, Some(deliveries)) = (&self.expiry, &self.counters.deliveries) else {
+            return;
+        };
+        let subscription = &subscribed.subscription;
+        subscription.set_direct_sink(Arc::new(super::direct_sink::WebSocketSink {
+            socket: self.raw.0.clone(),
+            topic: subscription.topic().clone(),
+            envelope: self.spec.envelope,
+            deflate: self.deflate,
+            deflate_min_bytes: self.spec.deflate_min_bytes,
+            deliveries: deliveries.clone(),
+            bytes_written: self.counters.bytes_written.clone(),
+        }));
     }
 
     /// What the subscription starts with: a reset notice (JSON envelope only: raw payloads

@@ -4,37 +4,34 @@
 //! writes, but compresses every frame it sends itself, once per connection. Hub messages are
 //! already framed (and deflated) once per topic, so they are written straight to the socket
 //! through [`RawWriter`], after the crate's own write buffer has been flushed, from the same
-//! task, so the two never interleave inside a frame.
+//! task, so the two never interleave inside a frame. The publishing task may write them
+//! too ([`crate::downstream::direct`]), never while the crate is inside a frame.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-type Shared = Arc<Mutex<Stream>>;
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Stream> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::downstream::direct::{Socket, SocketHandle};
 
 /// The socket as the WebSocket crate sees it. It also watches the frames the crate writes,
-/// to know whether the crate has already sent a close frame.
+/// to know whether the crate has already sent a close frame, and whether it is inside one.
 pub struct SharedStream {
-    shared: Shared,
+    shared: SocketHandle,
     frames: FrameWatcher,
 }
 
 /// The same socket, for writing pre-encoded frames.
-pub struct RawWriter(Shared);
+pub type RawWriter = SocketHandle;
 
 /// Splits the upgraded connection into the crate's view, the raw writer, and a flag that
 /// turns true once the crate has written a close frame.
 pub fn share(stream: Stream) -> (SharedStream, RawWriter, Arc<AtomicBool>) {
-    let shared = Arc::new(Mutex::new(stream));
+    let shared = SocketHandle(Socket::new(stream));
     let close_sent = Arc::new(AtomicBool::new(false));
     let frames = FrameWatcher {
         header: Vec::with_capacity(10),
@@ -46,7 +43,7 @@ pub fn share(stream: Stream) -> (SharedStream, RawWriter, Arc<AtomicBool>) {
             shared: shared.clone(),
             frames,
         },
-        RawWriter(shared),
+        shared,
         close_sent,
     )
 }
@@ -59,6 +56,11 @@ struct FrameWatcher {
 }
 
 impl FrameWatcher {
+    /// Part of a frame has been written and the rest has not.
+    fn mid_frame(&self) -> bool {
+        self.payload_left > 0 || !self.header.is_empty()
+    }
+
     fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
@@ -111,53 +113,31 @@ pub fn close_frame_bytes(code: u16, reason: &str) -> Vec<u8> {
 }
 
 impl AsyncRead for SharedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.shared)).poll_read(cx, buf)
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.shared).poll_read(cx, buf)
     }
-}
-
-fn poll_write(shared: &Shared, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-    Pin::new(&mut *lock(shared)).poll_write(cx, buf)
-}
-
-fn poll_flush(shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-    Pin::new(&mut *lock(shared)).poll_flush(cx)
-}
-
-fn poll_shutdown(shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-    Pin::new(&mut *lock(shared)).poll_shutdown(cx)
 }
 
 impl AsyncWrite for SharedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = poll_write(&this.shared, cx, buf);
-        if let Poll::Ready(Ok(count)) = written {
-            this.frames.observe(&buf[..count]);
-        }
-        written
+        let frames = &mut this.frames;
+        this.shared.poll_write_observed(cx, buf, |written| {
+            frames.observe(written);
+            frames.mid_frame()
+        })
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_flush(&self.shared, cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.shared).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_shutdown(&self.shared, cx)
-    }
-}
-
-impl AsyncWrite for RawWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        poll_write(&self.0, cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_flush(&self.0, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_shutdown(&self.0, cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.shared).poll_shutdown(cx)
     }
 }
 

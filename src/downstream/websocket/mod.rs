@@ -5,6 +5,7 @@
 
 mod close;
 mod connection;
+mod direct_sink;
 pub mod handshake;
 mod io;
 

@@ -7,6 +7,7 @@ use flate2::{Compress, CompressError, Compression, FlushCompress};
 
 use super::message_slot;
 use crate::config::Envelope;
+use crate::hub::encodings::{AwaitedSlot, InlineSlot};
 use crate::hub::Message;
 use crate::metrics::METRICS;
 
@@ -60,6 +61,76 @@ pub async fn message_frame(
     deflate: Option<WindowBits>,
     deflate_min_bytes: usize,
 ) -> Bytes {
+    match plan(message, envelope, deflate, deflate_min_bytes) {
+        Plan::Plain { slot, payload } => message.encodings.inline(slot, || {
+            encode_frame(&payload, is_text(envelope, &payload), false)
+        }),
+        Plan::Deflated {
+            slot,
+            payload,
+            window,
+        } => {
+            message
+                .encodings
+                .awaited(slot, || {
+                    let text = is_text(envelope, &payload);
+                    deflated_frame(payload, text, window)
+                })
+                .await
+        }
+    }
+}
+
+/// [`message_frame`] without waiting: `None` only when the frame is a large deflate
+/// (see [`DEFLATE_OFF_RUNTIME_BYTES`]) nobody has made yet, which must not run here.
+pub fn message_frame_now(
+    message: &Message,
+    envelope: Envelope,
+    deflate: Option<WindowBits>,
+    deflate_min_bytes: usize,
+) -> Option<Bytes> {
+    match plan(message, envelope, deflate, deflate_min_bytes) {
+        Plan::Plain { slot, payload } => Some(message.encodings.inline(slot, || {
+            encode_frame(&payload, is_text(envelope, &payload), false)
+        })),
+        Plan::Deflated { slot, payload, .. } if payload.len() >= DEFLATE_OFF_RUNTIME_BYTES => {
+            message.encodings.made(slot)
+        }
+        Plan::Deflated {
+            slot,
+            payload,
+            window,
+        } => Some(message.encodings.awaited_now(slot, || {
+            deflate_frame(&payload, is_text(envelope, &payload), window)
+        })),
+    }
+}
+
+/// Which frame a message gets, and the cache slot it is kept in.
+enum Plan {
+    Plain {
+        slot: InlineSlot,
+        payload: Bytes,
+    },
+    Deflated {
+        slot: AwaitedSlot,
+        payload: Bytes,
+        window: WindowBits,
+    },
+}
+
+/// A text frame for the JSON envelope and for UTF-8 payloads. Only looked at when a frame
+/// is made, not on every delivery.
+fn is_text(envelope: Envelope, payload: &[u8]) -> bool {
+    envelope == Envelope::Json || std::str::from_utf8(payload).is_ok()
+}
+
+fn plan(
+    message: &Message,
+    envelope: Envelope,
+    deflate: Option<WindowBits>,
+    deflate_min_bytes: usize,
+) -> Plan {
     let (payload, plain_slot, deflated_slot) = match envelope {
         Envelope::Raw => (
             message.data.clone(),
@@ -72,20 +143,17 @@ pub async fn message_frame(
             message_slot::DEFLATED_JSON,
         ),
     };
-    // Only looked at when a frame is made, not on every delivery.
-    let text = || envelope == Envelope::Json || std::str::from_utf8(&payload).is_ok();
     let window = deflate.filter(|_| payload.len() >= deflate_min_bytes);
     match window.and_then(|window| Some((window, deflated_slot.offset(window.index())?))) {
-        None => message
-            .encodings
-            .inline(plain_slot, || encode_frame(&payload, text(), false)),
-        Some((window, slot)) => {
-            let text = text();
-            message
-                .encodings
-                .awaited(slot, || deflated_frame(payload, text, window))
-                .await
-        }
+        None => Plan::Plain {
+            slot: plain_slot,
+            payload,
+        },
+        Some((window, slot)) => Plan::Deflated {
+            slot,
+            payload,
+            window,
+        },
     }
 }
 
