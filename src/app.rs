@@ -144,14 +144,17 @@ impl App {
             self.shutdown.clone(),
             in_flight.clone(),
         );
-        let proxy = ConnectionLimit::new(http_proxy(&conf, sidecar), self.config.limits.clone());
+        let proxy = ConnectionLimit::new(
+            http_proxy(&conf, sidecar),
+            self.config.limits.clone(),
+            self.config.server.write_buffer_bytes,
+        );
         let mut proxy = Service::new("sidestream".to_string(), proxy);
         // pingora reads through a 64 KiB buffer per connection by default, which dominated
         // the memory of an idle push client; requests are small and bodies stream anyway.
-        let buffers = L4BufferSettings::new(
-            self.config.server.read_buffer_bytes,
-            self.config.server.write_buffer_bytes,
-        );
+        // The write buffer is sidestream's own (`downstream::write_buffer`): pingora's would
+        // stay allocated for the life of every idle push connection.
+        let buffers = L4BufferSettings::new(self.config.server.read_buffer_bytes, 0);
         let mut listener = ListenerConfig::tcp(self.config.server.listen.to_string()).l4_buffer(buffers);
         if self.config.server.reuse_port {
             let mut options = pingora_core::listeners::TcpSocketOptions::default();

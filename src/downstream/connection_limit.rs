@@ -92,15 +92,18 @@ pub fn hold_connection() -> Option<Arc<ConnectionTicket>> {
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
     limits: Limits,
+    /// Each connection's write buffer (see [`super::write_buffer`]).
+    write_buffer_bytes: usize,
     open: Arc<AtomicUsize>,
     per_ip: Arc<PerIp>,
 }
 
 impl<A> ConnectionLimit<A> {
-    pub fn new(inner: A, limits: Limits) -> Self {
+    pub fn new(inner: A, limits: Limits, write_buffer_bytes: usize) -> Self {
         ConnectionLimit {
             inner: Arc::new(inner),
             limits,
+            write_buffer_bytes,
             open: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(PerIp::default()),
         }
@@ -213,7 +216,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> 
         METRICS.client_connections.inc();
         let ticket = Arc::new(ticket);
         let keep_alive = self.keep_alive(shutdown);
-        let mut next = Some(HeaderLimited::wrap(stream, Arc::clone(&ticket.header)));
+        let mut next = Some(HeaderLimited::wrap(
+            stream,
+            Arc::clone(&ticket.header),
+            self.write_buffer_bytes,
+        ));
         while let Some(stream) = next.take() {
             let request = self.inner.process_new(stream, shutdown);
             next = self.within_header_deadline(&ticket, &keep_alive, request).await?;

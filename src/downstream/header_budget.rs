@@ -21,6 +21,7 @@ use pingora_core::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::write_buffer::WriteBuffer;
 use crate::metrics::METRICS;
 
 /// Read beyond the limit before the connection is cut: the precise check (`431` with the
@@ -86,19 +87,22 @@ impl HeaderBudget {
     }
 }
 
-/// A client connection whose reads are limited by its [`HeaderBudget`].
+/// A client connection whose reads are limited by its [`HeaderBudget`]; its writes go
+/// through a [`WriteBuffer`] that holds memory only while it holds bytes.
 pub struct HeaderLimited {
     inner: Stream,
     budget: Arc<HeaderBudget>,
     refused: bool,
+    writes: WriteBuffer,
 }
 
 impl HeaderLimited {
-    pub fn wrap(inner: Stream, budget: Arc<HeaderBudget>) -> Stream {
+    pub fn wrap(inner: Stream, budget: Arc<HeaderBudget>, write_buffer_bytes: usize) -> Stream {
         Box::new(HeaderLimited {
             inner,
             budget,
             refused: false,
+            writes: WriteBuffer::new(write_buffer_bytes),
         })
     }
 }
@@ -133,6 +137,7 @@ impl AsyncRead for HeaderLimited {
                     .with_label_values(&["request_header_bytes"])
                     .inc();
                 // Whatever fits into the socket now; the client may well not be reading.
+                let _ = this.writes.poll_flush(&mut this.inner, cx);
                 let _ = Pin::new(&mut this.inner).poll_write(cx, REFUSAL);
                 let _ = Pin::new(&mut this.inner).poll_flush(cx);
             }
@@ -160,27 +165,18 @@ impl AsyncWrite for HeaderLimited {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        let this = &mut *self;
+        this.writes.poll_write(&mut this.inner, cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        this.writes.poll_flush(&mut this.inner, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        this.writes.poll_shutdown(&mut this.inner, cx)
     }
 }
 
@@ -265,7 +261,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(server));
         let budget = HeaderBudget::new(1000);
-        let mut limited = HeaderLimited::wrap(stream, budget.clone());
+        let mut limited = HeaderLimited::wrap(stream, budget.clone(), 0);
         client.write_all(&vec![b'a'; 20_000]).await.unwrap();
 
         let mut buf = vec![0u8; 64 * 1024];

@@ -19,6 +19,7 @@ pub mod short_poll;
 pub mod sse;
 pub mod websocket;
 pub mod wire;
+pub mod write_buffer;
 
 use std::sync::Arc;
 use std::time::Duration;
