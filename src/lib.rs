@@ -37,6 +37,10 @@
 //!   changes when history is lost. It is the SSE `id` and every transport's resume token.
 //! - **subscriber**: one client's bounded queue ([`hub::subscriber`]) with the topic's
 //!   overflow policy (conflate, drop oldest, disconnect).
+//! - **direct delivery**: while a subscriber's connection is **parked** (waiting, nothing
+//!   taken, nothing of its own being written) the publishing task writes the message's
+//!   shared frame straight into its socket instead of queueing and waking it
+//!   ([`hub::DirectSink`], [`downstream::direct`]); anything else takes the queue.
 //! - **upstream**: the side that talks to the backend ([`upstream`]): conditional polling
 //!   with backoff and jitter.
 //! - **lease**: with `[cluster]`, the right to run a topic instance's source; one holder
@@ -58,7 +62,8 @@
 //!   cache. Knows nothing of HTTP, pingora, metrics or any transport's framing.
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
 //!   `wire/` (every wire encoding: SSE, HTTP chunks, JSON envelopes, WebSocket frames and
-//!   deflate), `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
+//!   deflate), `direct.rs` (the socket a connection shares with the publishing task),
+//!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
 //!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`, and the live admin page with its
