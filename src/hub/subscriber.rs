@@ -141,14 +141,15 @@ impl SubscriberQueue {
         self.lock().parked = false;
     }
 
-    /// Queues a message, applying the overflow policy, or hands it to the direct sink when
-    /// the consumer is parked on an empty queue. Returns what the policy dropped.
-    pub fn push(&self, message: Arc<Message>) -> OverflowCounts {
+    /// Queues a message, applying the overflow policy, or (when `direct` allows it) hands
+    /// it to the direct sink if the consumer is parked on an empty queue. Returns what the
+    /// policy dropped.
+    pub fn push(&self, message: Arc<Message>, direct: bool) -> OverflowCounts {
         let mut state = self.lock();
         if state.closed.is_some() {
             return OverflowCounts::default();
         }
-        if state.parked && state.items.is_empty() && state.skipped == 0 {
+        if direct && state.parked && state.items.is_empty() && state.skipped == 0 {
             if let Some(sink) = &state.sink {
                 if sink.offer(&message) {
                     return OverflowCounts::default();
@@ -303,7 +304,7 @@ mod tests {
     fn conflate_keeps_only_the_newest_and_reports_the_skip() {
         let queue = queue(OverflowPolicy::Conflate);
         for seq in 1..=5 {
-            queue.push(message(seq));
+            queue.push(message(seq), true);
         }
         // 1,2,3 fill it; 4 conflates to [4]; 5 fits.
         assert_eq!(drain(&queue), vec![(4, 3), (5, 0)]);
@@ -314,7 +315,7 @@ mod tests {
     fn drop_oldest_keeps_the_newest_window() {
         let queue = queue(OverflowPolicy::DropOldest);
         for seq in 1..=5 {
-            queue.push(message(seq));
+            queue.push(message(seq), true);
         }
         assert_eq!(drain(&queue), vec![(3, 2), (4, 0), (5, 0)]);
     }
@@ -323,14 +324,14 @@ mod tests {
     fn disconnect_closes_and_discards() {
         let queue = queue(OverflowPolicy::Disconnect);
         for seq in 1..=4 {
-            queue.push(message(seq));
+            queue.push(message(seq), true);
         }
         assert!(matches!(
             queue.try_recv(),
             Some(Delivery::Closed(CloseReason::Overflow))
         ));
         assert!(queue.counts().disconnected);
-        queue.push(message(5));
+        queue.push(message(5), true);
         assert!(queue.is_empty());
     }
 
@@ -344,7 +345,7 @@ mod tests {
             OverflowPolicy::DropOldest,
         );
         for seq in 1..=4 {
-            queue.push(message(seq));
+            queue.push(message(seq), true);
         }
         assert_eq!(drain(&queue), vec![(3, 2), (4, 0)]);
     }
@@ -358,7 +359,7 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         assert!(!waiter.is_finished());
-        queue.push(message(1));
+        queue.push(message(1), true);
         let delivery = tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
             .await
             .expect("recv wakes up")
@@ -401,11 +402,11 @@ mod tests {
     fn a_parked_consumer_gets_messages_through_its_sink_and_is_not_woken() {
         let (queue, sink) = with_sink(true);
         // Not parked yet (the consumer is still writing its backlog): queued.
-        queue.push(message(1));
+        queue.push(message(1), true);
         assert_eq!(drain(&queue), vec![(1, 0)]);
         park(&queue);
-        queue.push(message(2));
-        queue.push(message(3));
+        queue.push(message(2), true);
+        queue.push(message(3), true);
         assert_eq!(*sink.taken.lock().unwrap(), vec![2, 3]);
         assert!(queue.is_empty());
         use futures_util::FutureExt;
@@ -421,21 +422,21 @@ mod tests {
         park(&queue);
         // The sink refuses (its socket would block): queued, and the consumer is woken.
         sink.accept.store(false, std::sync::atomic::Ordering::SeqCst);
-        queue.push(message(1));
+        queue.push(message(1), true);
         sink.accept.store(true, std::sync::atomic::Ordering::SeqCst);
         // 1 waits in the queue, so 2 must wait behind it.
-        queue.push(message(2));
+        queue.push(message(2), true);
         assert!(sink.taken.lock().unwrap().is_empty());
         // The consumer takes 1 and is busy writing it: 3 waits too.
         assert!(
             matches!(queue.try_recv(), Some(Delivery::Message { message, .. }) if message.cursor.seq == 1)
         );
-        queue.push(message(3));
+        queue.push(message(3), true);
         assert_eq!(drain(&queue), vec![(2, 0), (3, 0)]);
         assert!(sink.taken.lock().unwrap().is_empty());
         // Parked again on an empty queue: direct.
         park(&queue);
-        queue.push(message(4));
+        queue.push(message(4), true);
         assert_eq!(*sink.taken.lock().unwrap(), vec![4]);
     }
 
@@ -444,11 +445,11 @@ mod tests {
         let (queue, sink) = with_sink(true);
         park(&queue);
         queue.claim();
-        queue.push(message(1));
+        queue.push(message(1), true);
         assert!(sink.taken.lock().unwrap().is_empty());
         assert_eq!(drain(&queue), vec![(1, 0)]);
         queue.close(CloseReason::TopicClosed);
-        queue.push(message(2));
+        queue.push(message(2), true);
         assert!(
             sink.taken.lock().unwrap().is_empty(),
             "nothing reaches a closed queue's sink"

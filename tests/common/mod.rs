@@ -256,6 +256,17 @@ fn etag_of(body: &str) -> String {
     format!("\"{:x}\"", hasher.finish())
 }
 
+/// How many requests for `path` the backend has seen (this one included).
+fn requests_seen(state: &Mutex<BackendState>, path: &str) -> usize {
+    state
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .filter(|s| s.path == path)
+        .count()
+}
+
 async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -341,13 +352,7 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
             .body(Full::new(Bytes::from(text)))
             .unwrap(),
         Some(Behaviour::Counter) => {
-            let n = state
-                .lock()
-                .unwrap()
-                .seen
-                .iter()
-                .filter(|s| s.path == path)
-                .count();
+            let n = requests_seen(&state, &path);
             Response::builder()
                 .status(200)
                 .header("Content-Type", "application/json")
@@ -355,13 +360,7 @@ async fn handle(state: Arc<Mutex<BackendState>>, request: Request<Incoming>) -> 
                 .unwrap()
         }
         Some(Behaviour::Stamped(text)) => {
-            let n = state
-                .lock()
-                .unwrap()
-                .seen
-                .iter()
-                .filter(|s| s.path == path)
-                .count();
+            let n = requests_seen(&state, &path);
             let mut object: serde_json::Value = serde_json::from_str(&text).unwrap();
             object["updated_at"] = serde_json::json!(n);
             Response::builder()

@@ -264,3 +264,36 @@ async fn closing_the_topic_ends_subscriptions() {
     let delivery = subscribed.subscription.recv().await;
     assert!(matches!(delivery, Delivery::Closed(CloseReason::TopicClosed)));
 }
+
+/// Takes every message offered.
+#[derive(Default)]
+struct TakingSink(std::sync::Mutex<Vec<u64>>);
+
+impl super::super::subscriber::DirectSink for TakingSink {
+    fn offer(&self, message: &Arc<Message>) -> bool {
+        self.0.lock().unwrap().push(message.cursor.seq);
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_goes_through_the_queues_and_a_steady_rate_straight_to_parked_clients() {
+    use futures_util::FutureExt;
+    let topic = topic(Mode::Events);
+    let subscribed = topic.subscribe(Resume::Latest);
+    let sink = Arc::new(TakingSink::default());
+    subscribed.subscription.set_direct_sink(sink.clone());
+    // Parked: the consumer waits with nothing taken.
+    assert!(subscribed.subscription.recv().now_or_never().is_none());
+    publish(&topic, "1");
+    // Right behind the previous fan-out: queued (the consumer takes a batch).
+    publish(&topic, "2");
+    publish(&topic, "3");
+    assert_eq!(*sink.0.lock().unwrap(), vec![1]);
+    assert_eq!(live_seqs(&subscribed.subscription), vec![2, 3]);
+    tokio::time::advance(DIRECT_MIN_GAP * 5).await;
+    assert!(subscribed.subscription.recv().now_or_never().is_none());
+    publish(&topic, "4");
+    assert_eq!(*sink.0.lock().unwrap(), vec![1, 4]);
+    assert!(live_seqs(&subscribed.subscription).is_empty());
+}
