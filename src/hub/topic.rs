@@ -96,20 +96,41 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// A message published this soon after the previous fan-out ended is queued for every
-/// subscriber, not written directly: under a burst, each client's task takes several
-/// messages in one write (one `send` for many), and the publisher is not held up by one
-/// `send` per client per message. At a steady rate below a few hundred messages a second
-/// each message is its own `send` either way, and the direct write saves the wake-ups.
-const DIRECT_MIN_GAP: Duration = Duration::from_millis(2);
+/// While messages come faster than one per this interval (smoothed over the last several),
+/// they are queued for every subscriber, not written directly: under a high rate each
+/// client's task takes several messages in one write (one `send` for many), and the
+/// publisher is not held up by one `send` per client per message. At a lower rate each
+/// message is its own `send` either way, and the direct write saves the wake-ups. Smoothed
+/// (1/8 per message) so that one late publish in a burst does not switch it.
+const DIRECT_MIN_INTERVAL: Duration = Duration::from_millis(20);
+/// One interval counts for at most this much in the smoothing: after an idle spell the
+/// first messages go direct, and a burst then switches to the queues within ~20 messages.
+const INTERVAL_CAP: Duration = Duration::from_millis(200);
 /// At most this long of direct writes in one fan-out (checked every 64 subscribers); the
 /// rest of the subscribers get the message through their queues, on every core.
 const DIRECT_BUDGET: Duration = Duration::from_millis(100);
 
-/// When the topic's last fan-out ended (see [`DIRECT_MIN_GAP`]).
+/// How fast the topic's messages come (see [`DIRECT_MIN_INTERVAL`]).
 #[derive(Debug, Default)]
 struct FanOutPace {
-    last_end: Option<Instant>,
+    last_start: Option<Instant>,
+    smoothed_interval: Option<Duration>,
+}
+
+impl FanOutPace {
+    /// Records a fan-out starting at `now`; whether it may write directly.
+    fn direct_now(&mut self, now: Instant) -> bool {
+        let Some(last) = self.last_start.replace(now) else {
+            return true;
+        };
+        let interval = now.saturating_duration_since(last).min(INTERVAL_CAP);
+        let smoothed = match self.smoothed_interval {
+            Some(smoothed) => smoothed * 7 / 8 + interval / 8,
+            None => interval,
+        };
+        self.smoothed_interval = Some(smoothed);
+        smoothed >= DIRECT_MIN_INTERVAL
+    }
 }
 
 #[derive(Debug)]
@@ -257,9 +278,7 @@ impl Topic {
         let mut dropped = 0;
         let mut disconnected = 0;
         let started = Instant::now();
-        let mut direct = pace
-            .last_end
-            .is_none_or(|end| started.saturating_duration_since(end) >= DIRECT_MIN_GAP);
+        let mut direct = pace.direct_now(started);
         for (index, queue) in queues.iter().enumerate() {
             if direct && index % 64 == 63 && started.elapsed() >= DIRECT_BUDGET {
                 direct = false;
@@ -268,7 +287,6 @@ impl Topic {
             dropped += counts.dropped;
             disconnected += u64::from(counts.disconnected);
         }
-        pace.last_end = Some(Instant::now());
         drop(pace);
         if let Some(observer) = super::events::observer() {
             observer.published(
