@@ -19,9 +19,12 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use pingora_core::protocols::Stream;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::hub::{Message, Topic};
 
 /// A client connection's socket, shared by its task and the publishing task.
 pub struct Socket {
@@ -169,6 +172,30 @@ impl Socket {
         let mut state = self.lock();
         ready!(state.poll_tail(cx))?;
         Pin::new(&mut state.stream).poll_shutdown(cx)
+    }
+}
+
+/// What a transport's direct sink writes through: the socket, and the counts the
+/// connection's own write of a message would have made.
+pub struct DirectWriter {
+    pub socket: Arc<Socket>,
+    pub topic: Arc<Topic>,
+    pub deliveries: IntCounter,
+    pub bytes_written: IntCounter,
+}
+
+impl DirectWriter {
+    /// Writes `frame`, the encoding of `message`, now if the socket takes it without
+    /// waiting (`false`: nothing was written), and counts the delivery.
+    pub fn write(&self, message: &Message, frame: &Bytes) -> bool {
+        if self.socket.try_write_now(frame) == TryWrite::Refused {
+            return false;
+        }
+        self.deliveries.inc();
+        crate::metrics::delivered(&self.topic, message, 1);
+        self.bytes_written.inc_by(frame.len() as u64);
+        self.topic.stats().wrote(frame.len());
+        true
     }
 }
 

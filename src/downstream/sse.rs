@@ -10,14 +10,13 @@ use pingora_core::protocols::Stream;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
-use super::direct::{Socket, SocketHandle, TryWrite};
+use super::direct::{DirectWriter, Socket, SocketHandle};
 use super::in_flight::InFlightGuard;
 use super::response::{sse_resume, take_connection};
 use super::wire::patch_slot;
@@ -283,11 +282,13 @@ impl SseStream {
         // must not be written to after the lapse: both keep to their own task.
         if self.deltas.is_none() && self.expiry.is_none() {
             self.subscription.set_direct_sink(Arc::new(SseSink {
-                socket: socket.clone(),
-                topic: self.topic.clone(),
+                writer: DirectWriter {
+                    socket: socket.clone(),
+                    topic: self.topic.clone(),
+                    deliveries: deliveries.clone(),
+                    bytes_written: bytes_written.clone(),
+                },
                 stale_sent: stale_sent.clone(),
-                deliveries: deliveries.clone(),
-                bytes_written: bytes_written.clone(),
             }));
         }
         // Set once the drain starts: when this stream ends. A stream opened during the drain
@@ -420,29 +421,18 @@ impl SseStream {
 
 /// Hands the shared chunk of a message straight to the socket of a parked SSE client.
 struct SseSink {
-    socket: Arc<Socket>,
-    topic: Arc<Topic>,
+    writer: DirectWriter,
     /// The stale flag as this client was last told it: a flip not yet told sends the
     /// message through the queue, behind the notice.
     stale_sent: Arc<AtomicBool>,
-    deliveries: IntCounter,
-    bytes_written: IntCounter,
 }
 
 impl DirectSink for SseSink {
     fn offer(&self, message: &Arc<Message>) -> bool {
-        if self.topic.is_stale() != self.stale_sent.load(Ordering::Relaxed) {
+        if self.writer.topic.is_stale() != self.stale_sent.load(Ordering::Relaxed) {
             return false;
         }
-        let chunk = wire_sse::chunk(message);
-        if self.socket.try_write_now(&chunk) == TryWrite::Refused {
-            return false;
-        }
-        self.deliveries.inc();
-        crate::metrics::delivered(&self.topic, message, 1);
-        self.bytes_written.inc_by(chunk.len() as u64);
-        self.topic.stats().wrote(chunk.len());
-        true
+        self.writer.write(message, &wire_sse::chunk(message))
     }
 }
 

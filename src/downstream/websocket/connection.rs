@@ -308,13 +308,15 @@ impl Connection {
         };
         let subscription = &subscribed.subscription;
         subscription.set_direct_sink(Arc::new(super::direct_sink::WebSocketSink {
-            socket: self.raw.0.clone(),
-            topic: subscription.topic().clone(),
+            writer: crate::downstream::direct::DirectWriter {
+                socket: self.raw.0.clone(),
+                topic: subscription.topic().clone(),
+                deliveries: deliveries.clone(),
+                bytes_written: self.counters.bytes_written.clone(),
+            },
             envelope: self.spec.envelope,
             deflate: self.deflate,
             deflate_min_bytes: self.spec.deflate_min_bytes,
-            deliveries: deliveries.clone(),
-            bytes_written: self.counters.bytes_written.clone(),
         }));
     }
 
