@@ -12,6 +12,7 @@ use super::history::{History, HistoryLimits, Replay};
 use super::message::{Message, Payload};
 use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
 pub use super::topic_key::TopicKey;
+use fan_out::FanOutPace;
 
 /// What a message of the topic means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -94,43 +95,6 @@ pub struct Published {
     pub cursor: Cursor,
     /// The key was seen within the window: nothing was delivered again.
     pub duplicate: bool,
-}
-
-/// While messages come faster than one per this interval (smoothed over the last several),
-/// they are queued for every subscriber, not written directly: under a high rate each
-/// client's task takes several messages in one write (one `send` for many), and the
-/// publisher is not held up by one `send` per client per message. At a lower rate each
-/// message is its own `send` either way, and the direct write saves the wake-ups. Smoothed
-/// (1/8 per message) so that one late publish in a burst does not switch it.
-const DIRECT_MIN_INTERVAL: Duration = Duration::from_millis(20);
-/// One interval counts for at most this much in the smoothing: after an idle spell the
-/// first messages go direct, and a burst then switches to the queues within ~20 messages.
-const INTERVAL_CAP: Duration = Duration::from_millis(200);
-/// At most this long of direct writes in one fan-out (checked every 64 subscribers); the
-/// rest of the subscribers get the message through their queues, on every core.
-const DIRECT_BUDGET: Duration = Duration::from_millis(100);
-
-/// How fast the topic's messages come (see [`DIRECT_MIN_INTERVAL`]).
-#[derive(Debug, Default)]
-struct FanOutPace {
-    last_start: Option<Instant>,
-    smoothed_interval: Option<Duration>,
-}
-
-impl FanOutPace {
-    /// Records a fan-out starting at `now`; whether it may write directly.
-    fn direct_now(&mut self, now: Instant) -> bool {
-        let Some(last) = self.last_start.replace(now) else {
-            return true;
-        };
-        let interval = now.saturating_duration_since(last).min(INTERVAL_CAP);
-        let smoothed = match self.smoothed_interval {
-            Some(smoothed) => smoothed * 7 / 8 + interval / 8,
-            None => interval,
-        };
-        self.smoothed_interval = Some(smoothed);
-        smoothed >= DIRECT_MIN_INTERVAL
-    }
 }
 
 #[derive(Debug)]
@@ -250,57 +214,6 @@ impl Topic {
         };
         self.fan_out(order, state, &message);
         true
-    }
-
-    fn lock_fan_out_order(&self) -> MutexGuard<'_, FanOutPace> {
-        self.fan_out_order.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `message` for every subscriber (or hands it to their direct sinks) after
-    /// releasing the state lock, still in append order (`order`), and records it.
-    fn fan_out(
-        &self,
-        mut pace: MutexGuard<'_, FanOutPace>,
-        mut state: MutexGuard<'_, TopicState>,
-        message: &Arc<Message>,
-    ) {
-        let queues = match &state.fan_out_list {
-            Some(list) => list.clone(),
-            None => {
-                let list: Arc<[Arc<SubscriberQueue>]> = state.subscribers.values().cloned().collect();
-                state.fan_out_list = Some(list.clone());
-                list
-            }
-        };
-        // A subscriber that joins from here on got this message in its backlog (or starts
-        // after it); one that leaves gets a push into a queue nobody reads.
-        drop(state);
-        let mut dropped = 0;
-        let mut disconnected = 0;
-        let started = Instant::now();
-        let mut direct = pace.direct_now(started);
-        for (index, queue) in queues.iter().enumerate() {
-            if direct && index % 64 == 63 && started.elapsed() >= DIRECT_BUDGET {
-                direct = false;
-            }
-            let counts = queue.push(message.clone(), direct);
-            dropped += counts.dropped;
-            disconnected += u64::from(counts.disconnected);
-        }
-        drop(pace);
-        if let Some(observer) = super::events::observer() {
-            observer.published(
-                &self.key.name,
-                self.settings.on_full.name(),
-                dropped,
-                disconnected,
-            );
-        }
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
-        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        self.counters
-            .disconnected
-            .fetch_add(disconnected, Ordering::Relaxed);
     }
 
     /// Replaces the history with what a shared log holds: `top` of `epoch`, and `kept`
@@ -655,5 +568,6 @@ impl Drop for Subscription {
 }
 
 mod deltas;
+mod fan_out;
 #[cfg(test)]
 mod tests;

@@ -20,13 +20,13 @@ use super::close::{close_frame, close_reason};
 use super::super::auth::{Expiry, Lapse};
 use super::super::sse::lapsed_or_never;
 use super::handshake::Deflate;
+use super::inbound::{forward, Inbound, RateLimit};
 use super::io::{share, RawWriter, SharedStream};
 use crate::config::Envelope;
 use crate::config::WebsocketSpec;
 use crate::downstream::wire::websocket::{encode_frame, message_frame, WindowBits};
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Subscribe, Subscription};
 use crate::metrics::{SubscriberGauge, METRICS};
-use crate::upstream::UpstreamClient;
 
 /// How long to wait for the client's half of a close handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -42,13 +42,6 @@ type InboundReplies =
 
 /// Most messages gathered into one write when several are queued.
 const MAX_BATCH: usize = 64;
-
-/// Where client messages go on a topic with `websocket.inbound`.
-pub struct Inbound {
-    pub client: Arc<UpstreamClient>,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-}
 
 pub enum Feed {
     Topic {
@@ -111,36 +104,6 @@ impl WriteCounters {
                 Feed::Echo => None,
             },
             bytes_written: METRICS.bytes_written.with_label_values(&["websocket"]),
-        }
-    }
-}
-
-/// A token bucket for client messages: `per_second` refill, a burst of the same size.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        RateLimit {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
-            refilled: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + earned).min(self.per_second);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
@@ -604,38 +567,5 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// POSTs a client message to the topic's inbound URL; the backend's reply body (2xx and not
-/// empty) is returned for this client only.
-async fn forward(inbound: Arc<Inbound>, payload: Bytes, text: bool) -> Option<Bytes> {
-    let content_type = if !text {
-        "application/octet-stream"
-    } else if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
-        "application/json"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut headers = inbound.headers.clone();
-    headers.push(("Content-Type".to_string(), content_type.to_string()));
-    METRICS.websocket_inbound_forwarded.inc();
-    match inbound
-        .client
-        .post(&inbound.url, &headers, payload, crate::upstream::Traffic::Inbound)
-        .await
-    {
-        Ok(response) if (200..300).contains(&response.meta.status) && !response.body.is_empty() => {
-            Some(response.body)
-        }
-        Ok(response) if (200..300).contains(&response.meta.status) => None,
-        Ok(response) => {
-            tracing::warn!(url = %inbound.url, status = response.meta.status, "inbound message refused by the backend");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(url = %inbound.url, "inbound message not delivered: {error}");
-            None
-        }
     }
 }

@@ -7,6 +7,7 @@ mod close;
 mod connection;
 mod direct_sink;
 pub mod handshake;
+mod inbound;
 mod io;
 
 use std::sync::Arc;
@@ -23,8 +24,8 @@ use super::response::{respond_reason, sse_resume, take_connection};
 use crate::config::{UrlTemplate, WebsocketSpec};
 use crate::hub::{Resume, Topic};
 use crate::upstream::UpstreamClient;
-pub use connection::Inbound;
 use connection::{Connection, Feed};
+pub use inbound::Inbound;
 
 /// What the connection serves.
 pub enum Target {

@@ -1,5 +1,6 @@
 //! Unit tests of one topic instance (paused time, no sockets).
 
+use super::fan_out::INTERVAL_CAP;
 use super::*;
 use bytes::Bytes;
 
