@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Requests from an origin not in `[cors] allowed_origins` (WebSocket refused, no CORS
     /// headers otherwise).
     pub origin_refusals: IntCounter,
+    /// Long polls read and routed by sidestream itself: the next request on a connection
+    /// whose previous poll was held (`downstream::next_poll`), not by pingora.
+    pub long_polls_read_directly: IntCounter,
     /// Request paths refused before routing, by `reason`: a canonicalization refusal
     /// (`dot_segment`, `encoded_separator`, …, `400`) or `shielded` (a pass-through to a
     /// protected topic's backend path, `403`).
@@ -305,6 +308,10 @@ impl Metrics {
             origin_refusals: counter(
                 "sidestream_origin_refusals_total",
                 "requests from origins outside the CORS allowlist",
+            ),
+            long_polls_read_directly: counter(
+                "sidestream_long_polls_read_directly_total",
+                "long polls read by sidestream itself on a connection whose previous poll was held",
             ),
             path_refusals: counter_vec(
                 "sidestream_path_refusals_total",

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::raw::{header, read_response};
 use common::*;
 use serde_json::Value;
 use sidestream::hub::{Payload, TopicKey};
@@ -357,51 +358,6 @@ async fn same_message_same_cursor_on_every_transport() {
     )
     .unwrap();
     assert_eq!(short["messages"][0]["id"].as_str(), event.id.as_deref());
-}
-
-/// Reads one HTTP/1.1 response with a `Content-Length` (or no) body off `stream`.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, Vec<(String, String)>, String) {
-    let mut buffer = Vec::new();
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("a response within 10 s")
-            .unwrap();
-        assert!(read > 0, "the connection closed before a response head");
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').unwrap();
-            (name.trim().to_ascii_lowercase(), value.trim().to_string())
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(name, _)| name == "content-length")
-        .map_or(0, |(_, value)| value.parse().unwrap());
-    let mut body = buffer[head_end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = vec![0u8; length - body.len()];
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("the body within 10 s")
-            .unwrap();
-        assert!(read > 0, "the connection closed inside the body");
-        body.extend_from_slice(&chunk[..read]);
-    }
-    (status, headers, String::from_utf8(body).unwrap())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 /// A held long poll waits off pingora's request path; its answer must still carry the

@@ -69,6 +69,17 @@ impl Drop for ConnectionTicket {
 }
 
 impl ConnectionTicket {
+    /// The connection's next request starts (read off pingora's request path): its header
+    /// gets a fresh byte budget.
+    pub fn start_request(&self) {
+        self.header.start_request();
+    }
+
+    /// That request's header has been read in full.
+    pub fn mark_header_complete(&self) {
+        self.header.mark_complete();
+    }
+
     /// Bytes read from the socket for the current request's header so far (pingora may have
     /// read past the header's end: a pipelined next request).
     pub fn header_bytes_read(&self) -> usize {

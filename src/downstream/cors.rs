@@ -84,6 +84,16 @@ impl CorsStamp {
             .map_or_else(CorsStamp::default, Cors::take_stamp)
     }
 
+    /// The stamp of a topic request read off pingora's request path (the next request on a
+    /// held long poll's connection), decided as the module decides it.
+    pub fn for_topic_request(cors: &CorsSettings, request: &RequestHeader) -> Self {
+        CorsStamp {
+            topic: true,
+            origin: allowed_origin(cors, request),
+            credentials: cors.allow_credentials,
+        }
+    }
+
     pub fn apply(self, response: &mut ResponseHeader) -> Result<()> {
         // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
         // never hands one origin's answer to another (Fetch standard, "CORS protocol and
@@ -103,6 +113,18 @@ impl CorsStamp {
     }
 }
 
+/// The request's `Origin` if the allowlist has it (a refused one is counted).
+fn allowed_origin(cors: &CorsSettings, request: &RequestHeader) -> Option<HeaderValue> {
+    let origin = request.headers.get("origin")?;
+    match origin.to_str() {
+        Ok(text) if cors.allows(text) => Some(origin.clone()),
+        _ => {
+            METRICS.origin_refusals.inc();
+            None
+        }
+    }
+}
+
 #[async_trait]
 impl HttpModule for Cors {
     async fn request_header_filter(&mut self, request: &mut RequestHeader) -> Result<()> {
@@ -110,13 +132,7 @@ impl HttpModule for Cors {
             return Ok(());
         }
         self.topic = true;
-        let Some(origin) = request.headers.get("origin") else {
-            return Ok(());
-        };
-        match origin.to_str() {
-            Ok(text) if self.cors.allows(text) => self.origin = Some(origin.clone()),
-            _ => METRICS.origin_refusals.inc(),
-        }
+        self.origin = allowed_origin(&self.cors, request);
         Ok(())
     }
 

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::connection_limit::{self, ConnectionTicket, KeepAlive};
 use super::cors::CorsStamp;
 use super::in_flight::InFlightGuard;
+use super::next_poll::{Next, PollLane};
 use super::per_ip::IpSlot;
 use super::response::{
     batch_response, make_private, not_modified, poll_cursor, prepare_response, requested_wait, respond,
@@ -50,52 +51,65 @@ pub struct HoldTicket {
     pub ip_slot: Option<IpSlot>,
 }
 
+/// What a long poll asks for: how long it may wait, after which cursor, and whether a state
+/// comes as a patch.
+pub struct PollRequest {
+    pub wait: Duration,
+    pub cursor: Option<Cursor>,
+    pub deltas: bool,
+}
+
+impl PollRequest {
+    /// The request's `wait`, cursor and delta format, or why one of them is refused (`400`).
+    pub fn parse(request: &RequestHeader, spec: &TopicSpec) -> std::result::Result<Self, String> {
+        let wait = requested_wait(request, spec.long_poll_max_wait)?.unwrap_or(spec.long_poll_max_wait);
+        Ok(PollRequest {
+            wait,
+            cursor: poll_cursor(request)?,
+            deltas: super::delta::requested(request, spec.hub.deltas)?,
+        })
+    }
+}
+
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
     spec: &TopicSpec,
-    shutdown: &CancellationToken,
+    lane: &Arc<PollLane>,
     private: bool,
     ticket: HoldTicket,
 ) -> Result<()> {
-    let request = session.req_header();
-    let wait = match requested_wait(request, spec.long_poll_max_wait) {
-        Ok(wait) => wait.unwrap_or(spec.long_poll_max_wait),
-        Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
-    };
-    let cursor = match poll_cursor(request) {
-        Ok(cursor) => cursor,
-        Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
-    };
-    let deltas = match super::delta::requested(request, spec.hub.deltas) {
-        Ok(deltas) => deltas,
+    let poll = match PollRequest::parse(session.req_header(), spec) {
+        Ok(poll) => poll,
         Err(reason) => return respond_reason(session, 400, &reason, &[]).await,
     };
     let answer = Answer {
         topic,
-        cursor,
-        deltas,
+        cursor: poll.cursor,
+        deltas: poll.deltas,
         private,
     };
-    let waiting = match start(&answer.topic, cursor) {
+    let waiting = match start(&answer.topic, poll.cursor) {
         Started::Ready(outcome) => return answer.respond(session, outcome).await,
         Started::Waiting(waiting) => waiting,
     };
     // The wait is held on a small task of its own, off pingora's request path, so a held
     // long poll costs about what an idle SSE stream does; its answer is written straight
-    // to the socket and the connection goes back to the keep-alive loop.
-    match Detached::take(session, spec.write_timeout) {
+    // to the socket, and the task reads the connection's next request itself
+    // (`next_poll`): a long poll it serves in turn, anything else goes back to pingora.
+    match Detached::take(session, spec.write_timeout, lane) {
         Some(detached) => {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let _ticket = ticket;
-                detached.serve(answer, waiting, wait, &shutdown).await;
-            });
+            tokio::spawn(detached.serve(answer, Started::Waiting(waiting), poll.wait, ticket));
             Ok(())
         }
         None => {
             let outcome = waiting
-                .wait(&answer.topic, wait, shutdown, session.read_body_or_idle(true))
+                .wait(
+                    &answer.topic,
+                    poll.wait,
+                    &lane.shutdown,
+                    session.read_body_or_idle(true),
+                )
                 .await;
             answer.respond(session, outcome).await
         }
@@ -190,12 +204,13 @@ struct Detached {
     keep_alive: KeepAlive,
     head: bool,
     write_timeout: Duration,
+    lane: Arc<PollLane>,
 }
 
 impl Detached {
     /// `None` where the request cannot leave pingora (HTTP/2, or outside the connection
     /// loop): it is then held in place, as before.
-    fn take(session: &mut Session, write_timeout: Duration) -> Option<Self> {
+    fn take(session: &mut Session, write_timeout: Duration, lane: &Arc<PollLane>) -> Option<Self> {
         let ServerSession::H1(http1) = &*session.downstream_session else {
             return None;
         };
@@ -223,35 +238,89 @@ impl Detached {
             keep_alive,
             head,
             write_timeout,
+            lane: Arc::clone(lane),
         })
     }
 
-    async fn serve(mut self, answer: Answer, waiting: Waiting, wait: Duration, shutdown: &CancellationToken) {
-        let mut pipelined = false;
-        let outcome = waiting
-            .wait(
-                &answer.topic,
-                wait,
-                shutdown,
-                client_gone(&mut self.stream, &mut pipelined),
-            )
-            .await;
-        // A server draining meanwhile tells the client not to come back on this connection;
-        // so does a client that sent its next request before this answer (HTTP/1.1
-        // pipelining, which pingora does not serve either): it retries it on a new one.
-        self.keep_alive_after &= !shutdown.is_cancelled() && !pipelined;
-        // Boxed: the write is a larger future than the wait, and only the wait is held.
-        if let Err(error) = Box::pin(self.answer(&answer, outcome)).await {
-            tracing::debug!("a held long poll could not answer: {error}");
+    /// Holds and answers this poll, then the connection's next ones as long as they are
+    /// long polls the lane serves; the first other request goes back to pingora.
+    async fn serve(
+        mut self,
+        mut answer: Answer,
+        mut started: Started,
+        mut wait: Duration,
+        mut ticket: HoldTicket,
+    ) {
+        loop {
+            let outcome = match started {
+                Started::Ready(outcome) => outcome,
+                Started::Waiting(waiting) => {
+                    let mut pipelined = false;
+                    let outcome = waiting
+                        .wait(
+                            &answer.topic,
+                            wait,
+                            &self.lane.shutdown,
+                            client_gone(&mut self.stream, &mut pipelined),
+                        )
+                        .await;
+                    // A server draining meanwhile tells the client not to come back on this
+                    // connection; so does a client that sent its next request before this
+                    // answer (HTTP/1.1 pipelining, which pingora does not serve either): it
+                    // retries it on a new one.
+                    self.keep_alive_after &= !self.lane.shutdown.is_cancelled() && !pipelined;
+                    outcome
+                }
+            };
+            // Boxed: the write is a larger future than the wait, and only the wait is held.
+            match Box::pin(self.answer(&answer, outcome)).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::debug!("a held long poll could not answer: {error}");
+                    return;
+                }
+            }
+            // Answered: the drain no longer waits for it, nor does it hold its per-IP slot.
+            drop(ticket);
+            // Boxed, like the write: reading the next head is brief, the wait is held.
+            let next = Box::pin(self.lane.next(&mut self.stream, &self.connection)).await;
+            let poll = match next {
+                Next::Poll(poll) => poll,
+                Next::Pingora(read) => {
+                    if !read.is_empty() {
+                        self.settings.set_pipelined_prefix(read);
+                    }
+                    self.keep_alive.resume(
+                        ReusedHttpStream::new(self.stream, Some(self.settings)),
+                        self.connection,
+                    );
+                    return;
+                }
+                Next::Close => return,
+            };
+            answer = Answer {
+                topic: poll.topic,
+                cursor: poll.request.cursor,
+                deltas: poll.request.deltas,
+                private: false,
+            };
+            self.cors = poll.cors;
+            self.head = false;
+            self.write_timeout = poll.write_timeout;
+            wait = poll.request.wait;
+            ticket = poll.ticket;
+            started = start(&answer.topic, answer.cursor);
         }
     }
 
-    async fn answer(mut self, answer: &Answer, outcome: Outcome) -> Result<()> {
+    /// Writes the answer; `Ok(true)` when the connection stays open for a next request.
+    async fn answer(&mut self, answer: &Answer, outcome: Outcome) -> Result<bool> {
         let Some((mut response, body)) = answer.build(outcome)? else {
             // The client is gone: dropping the socket closes it.
-            return Ok(());
+            return Ok(false);
         };
-        self.cors.apply(&mut response)?;
+        std::mem::take(&mut self.cors).apply(&mut response)?;
         let send_body = prepare_response(&mut response, &body, self.head)?;
         let keep_alive = self.keep_alive_after;
         response.insert_header("Date", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
@@ -267,22 +336,16 @@ impl Detached {
         if send_body {
             wire.put_slice(&body);
         }
+        let stream = &mut self.stream;
         let write = async {
-            self.stream.write_all(&wire).await?;
-            self.stream.flush().await
+            stream.write_all(&wire).await?;
+            stream.flush().await
         };
         match tokio::time::timeout(self.write_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Error::e_because(WriteError, "writing a long-poll answer", error),
-            Err(_) => return Error::e_explain(WriteTimedout, "writing a long-poll answer"),
+            Ok(Ok(())) => Ok(keep_alive),
+            Ok(Err(error)) => Error::e_because(WriteError, "writing a long-poll answer", error),
+            Err(_) => Error::e_explain(WriteTimedout, "writing a long-poll answer"),
         }
-        if keep_alive {
-            self.keep_alive.resume(
-                ReusedHttpStream::new(self.stream, Some(self.settings)),
-                self.connection,
-            );
-        }
-        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod header_budget;
 pub mod in_flight;
 pub mod instance_quota;
 pub mod long_poll;
+pub mod next_poll;
 pub mod per_ip;
 pub mod response;
 pub mod router;
@@ -62,6 +63,8 @@ pub struct Sidecar {
     cors: Arc<CorsSettings>,
     long_polls: Arc<PerIp>,
     instance_quota: InstanceQuota,
+    /// Reads the next request on a held long poll's connection (`next_poll`).
+    poll_lane: Arc<next_poll::PollLane>,
 }
 
 /// Response headers of a refusal that asks the client to come back later.
@@ -89,6 +92,17 @@ impl Sidecar {
         shutdown: CancellationToken,
         in_flight: Arc<InFlight>,
     ) -> Self {
+        let cors = Arc::new(config.cors.clone());
+        let long_polls = Arc::new(PerIp::default());
+        let poll_lane = Arc::new(next_poll::PollLane {
+            topics: Arc::clone(&topics),
+            registry: Arc::clone(&registry),
+            long_polls: Arc::clone(&long_polls),
+            in_flight: Arc::clone(&in_flight),
+            cors: Arc::clone(&cors),
+            limits: config.limits.clone(),
+            shutdown: shutdown.clone(),
+        });
         Sidecar {
             topics,
             echo: config.websocket_echo.clone(),
@@ -102,12 +116,13 @@ impl Sidecar {
             in_flight,
             gatekeeper: Gatekeeper::default(),
             limits: config.limits.clone(),
-            cors: Arc::new(config.cors.clone()),
-            long_polls: Arc::new(PerIp::default()),
+            cors,
+            long_polls,
             instance_quota: InstanceQuota::new(
                 config.limits.max_topic_instances_per_client,
                 config.limits.topic_instance_creations_per_client_per_minute,
             ),
+            poll_lane,
         }
     }
 
@@ -288,7 +303,7 @@ impl Sidecar {
                     session,
                     topic,
                     spec,
-                    &self.shutdown,
+                    &self.poll_lane,
                     private,
                     ticket,
                 ))

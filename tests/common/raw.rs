@@ -45,3 +45,48 @@ pub async fn raw_request(port: u16, method: &str, target: &str, headers: &[(&str
         body: body.to_string(),
     }
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` (or no) body off `stream`.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, Vec<(String, String)>, String) {
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("a response within the bound")
+            .unwrap();
+        assert!(read > 0, "the connection closed before a response head");
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_ascii_lowercase(), value.trim().to_string())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map_or(0, |(_, value)| value.parse().unwrap());
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the body within the bound")
+            .unwrap();
+        assert!(read > 0, "the connection closed inside the body");
+        body.extend_from_slice(&chunk[..read]);
+    }
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
