@@ -146,6 +146,16 @@ impl AsyncRead for HeaderLimited {
                 "the request header is larger than max_request_header_bytes",
             )));
         }
+        if remaining >= buf.remaining() {
+            // The whole buffer fits the budget: read into it as it is (a limited view would
+            // zero-initialize its unfilled part first, a memset per read).
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = polled {
+                this.budget.record(buf.filled().len() - before);
+            }
+            return polled;
+        }
         // Never more than the budget into pingora's buffer, even in one read.
         let take = remaining.min(buf.remaining());
         let mut limited = ReadBuf::new(buf.initialize_unfilled_to(take));

@@ -13,6 +13,7 @@ pub mod instance_quota;
 pub mod long_poll;
 pub mod next_poll;
 pub mod per_ip;
+pub mod request_head;
 pub mod response;
 pub mod router;
 pub mod shield;

@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
 use pingora_http::RequestHeader;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::canonical::CanonicalPath;
@@ -27,16 +26,12 @@ use super::cors::CorsStamp;
 use super::in_flight::InFlight;
 use super::long_poll::{HoldTicket, PollRequest};
 use super::per_ip::PerIp;
+use super::request_head::{read_head, Head, MAX_HEADERS};
 use super::request_header_bytes;
 use super::router::{choose_transport, forwarded_headers, header, TopicTable};
 use crate::config::{CorsSettings, Limits, Transport};
 use crate::hub::{Registry, Topic};
 use crate::metrics::METRICS;
-
-/// A typical poll's head is 100–300 bytes; the buffer grows for a larger one.
-const HEAD_BUFFER_BYTES: usize = 1024;
-/// Header lines parsed here; a request with more goes to pingora.
-const MAX_HEADERS: usize = 48;
 
 /// What the lane needs of the proxy: routing, the instances, the per-IP long-poll cap, the
 /// drain's count of requests in flight, CORS and the request limits.
@@ -69,23 +64,15 @@ pub struct NextPoll {
     pub write_timeout: Duration,
 }
 
-/// A request head read in full: its bytes, and how many of them are the head.
-enum Head {
-    Complete(BytesMut, usize),
-    Pingora(BytesMut),
-    Close,
-}
-
 impl PollLane {
     /// Reads the connection's next request head (within the header deadline and budget, as
     /// pingora's keep-alive loop would) and decides who serves it.
     pub async fn next(&self, stream: &mut Stream, connection: &ConnectionTicket) -> Next {
         connection.start_request();
-        let read = tokio::select! {
-            // A stopping server takes no new request on this connection.
-            () = self.shutdown.cancelled() => return Next::Close,
-            read = tokio::time::timeout(self.limits.request_header_timeout, read_head(stream)) => read,
-        };
+        // Not raced against the shutdown (that would register with the token on every poll):
+        // a poll arriving while the server stops is answered `304` + `Connection: close` at
+        // once by its hold, and an idle connection ends with the process, as pingora's do.
+        let read = tokio::time::timeout(self.limits.request_header_timeout, read_head(stream)).await;
         let (bytes, length) = match read {
             Err(_) => {
                 METRICS
@@ -95,7 +82,7 @@ impl PollLane {
                 return Next::Close;
             }
             Ok(Head::Close) => return Next::Close,
-            Ok(Head::Pingora(bytes)) => return Next::Pingora(bytes),
+            Ok(Head::Unparsed(bytes)) => return Next::Pingora(bytes),
             Ok(Head::Complete(bytes, length)) => (bytes, length),
         };
         connection.mark_header_complete();
@@ -160,27 +147,6 @@ impl PollLane {
             cors,
             write_timeout,
         })
-    }
-}
-
-/// Reads until a whole request head is in (or it cannot be one the lane serves).
-async fn read_head(stream: &mut Stream) -> Head {
-    let mut bytes = BytesMut::with_capacity(HEAD_BUFFER_BYTES);
-    loop {
-        match stream.read_buf(&mut bytes).await {
-            // Closed between requests (the usual end of a keep-alive connection), or inside
-            // a head, or the read failed: nothing to answer.
-            Ok(0) | Err(_) => return Head::Close,
-            Ok(_) => {}
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(&bytes) {
-            Ok(httparse::Status::Complete(length)) => return Head::Complete(bytes, length),
-            // Read on while it may still be a head the lane serves; the header budget on
-            // the stream bounds how much that can be.
-            Ok(httparse::Status::Partial) if bytes.len() < HEAD_BUFFER_BYTES * 8 => {}
-            _ => return Head::Pingora(bytes),
-        }
     }
 }
 

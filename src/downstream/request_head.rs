@@ -1,0 +1,50 @@
+//! Reading a request head before pingora sees the connection: the bytes wait in a small
+//! buffer (not in a pingora session, ~23 KiB with its buffers and state machine), and
+//! pingora is handed them as the request's already-read prefix (`set_pipelined_prefix`).
+//! 8 000 clients connecting at once each wait for their request like this, not in pingora;
+//! the next request on a held long poll's connection is read the same way (`next_poll`).
+
+use bytes::BytesMut;
+use pingora_core::protocols::Stream;
+use tokio::io::AsyncReadExt;
+
+/// A typical head is 100–300 bytes; the buffer grows for a larger one.
+const HEAD_BUFFER_BYTES: usize = 1024;
+/// Read on for a complete head up to this much; past it, pingora reads the rest (under the
+/// connection's header budget, which bounds it).
+const MAX_HEAD_BYTES: usize = 8 * HEAD_BUFFER_BYTES;
+/// Header lines parsed here; a request with more is pingora's to parse.
+pub const MAX_HEADERS: usize = 48;
+
+/// What reading a head gave.
+pub enum Head {
+    /// A complete head: the bytes read (the head and anything after it), and the head's length.
+    Complete(BytesMut, usize),
+    /// Bytes that are not (or not yet, within `MAX_HEAD_BYTES`) a head httparse accepts:
+    /// pingora parses them, and answers a malformed one with its error.
+    Unparsed(BytesMut),
+    /// The client closed (before or inside a head) or the read failed (an oversized header
+    /// refused with `431` by the header budget): nothing to answer.
+    Close,
+}
+
+/// Reads until a whole request head is in (or it cannot be one the lane serves).
+pub async fn read_head(stream: &mut Stream) -> Head {
+    let mut bytes = BytesMut::with_capacity(HEAD_BUFFER_BYTES);
+    loop {
+        match stream.read_buf(&mut bytes).await {
+            // Closed between requests (the usual end of a keep-alive connection), or inside
+            // a head, or the read failed: nothing to answer.
+            Ok(0) | Err(_) => return Head::Close,
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Request::new(&mut headers).parse(&bytes) {
+            Ok(httparse::Status::Complete(length)) => return Head::Complete(bytes, length),
+            // Read on while it may still be a head the lane serves; the header budget on
+            // the stream bounds how much that can be.
+            Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD_BYTES => {}
+            _ => return Head::Unparsed(bytes),
+        }
+    }
+}
