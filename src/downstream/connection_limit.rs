@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -39,7 +40,11 @@ tokio::task_local! {
 /// pingora's request path (a held long poll: it waits on a small task of its own, not in a
 /// pingora request, and gives the connection back once its answer is written).
 #[derive(Clone)]
-pub struct KeepAlive(Arc<dyn Fn(ReusedHttpStream, Arc<ConnectionTicket>) + Send + Sync>);
+pub struct KeepAlive(Arc<ResumeFn>);
+
+/// Serves a given-back stream's next requests: the stream, its connection's ticket, and the
+/// start of the next request if it was already read.
+type ResumeFn = dyn Fn(ReusedHttpStream, Arc<ConnectionTicket>, Option<BytesMut>) + Send + Sync;
 
 impl KeepAlive {
     /// The current connection's (on the task serving its request).
@@ -47,9 +52,10 @@ impl KeepAlive {
         KEEP_ALIVE.try_with(Clone::clone).ok()
     }
 
-    /// Serves the connection's next requests on a task of their own, still under `ticket`.
-    pub fn resume(&self, stream: ReusedHttpStream, ticket: Arc<ConnectionTicket>) {
-        (self.0)(stream, ticket)
+    /// Serves the connection's next requests on a task of their own, still under `ticket`;
+    /// `read`: the start of the next request, already read from the stream.
+    pub fn resume(&self, stream: ReusedHttpStream, ticket: Arc<ConnectionTicket>, read: Option<BytesMut>) {
+        (self.0)(stream, ticket, read)
     }
 }
 
@@ -157,39 +163,67 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
     fn keep_alive(self: &Arc<Self>, shutdown: &ShutdownWatch) -> KeepAlive {
         let app = Arc::clone(self);
         let shutdown = shutdown.clone();
-        KeepAlive(Arc::new(move |stream, ticket| {
+        KeepAlive(Arc::new(move |stream, ticket, read| {
             let app = Arc::clone(&app);
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { app.serve_reused(stream, &shutdown, ticket).await });
+            tokio::spawn(async move { app.serve_reused(stream, &shutdown, ticket, read).await });
         }))
     }
 
-    /// pingora's HTTP/1.1 keep-alive loop (as in its `ServerApp` for HTTP apps), from a
-    /// stream a detached answer gave back. Boxed: it is spawned from `keep_alive`, which
-    /// it calls itself.
+    /// pingora's HTTP/1.1 keep-alive loop (as in its `ServerApp` for HTTP apps), for a new
+    /// connection (`settings`: `None`) or from a stream a detached answer gave back. Each
+    /// request head is read here first, into a small buffer (`request_head`), and handed to
+    /// the session as its pipelined prefix, so a connection waiting for its next request
+    /// holds ~1 KiB, not a pingora session (~23 KiB). `read`: that start of the next request,
+    /// already read by whoever gave the stream back. (pingora itself carries no prefix in
+    /// the settings: HTTP/1.1 pipelining stays off, so it closes a connection it overread.)
+    /// Boxed: it is spawned from `keep_alive`, which it calls itself.
     fn serve_reused<'a>(
         self: Arc<Self>,
         reused: ReusedHttpStream,
         shutdown: &'a ShutdownWatch,
         ticket: Arc<ConnectionTicket>,
+        mut read: Option<BytesMut>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let keep_alive = self.keep_alive(shutdown);
             let mut next = Some(reused);
             while let Some(reused) = next.take() {
-                let (stream, settings) = reused.consume();
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(settings) = settings {
-                    settings.apply_to_session(&mut session);
-                }
-                if *shutdown.borrow() {
-                    // Stop the client from reusing a connection of a server going away.
-                    session.set_keepalive(None);
-                }
-                let request = self.inner.process_new_http(session, shutdown);
+                let (mut stream, settings) = reused.consume();
+                let already_read = read.take();
+                let request = async {
+                    let read = match already_read {
+                        Some(read) => read,
+                        None => match read_head(&mut stream).await {
+                            Head::Complete(read, _) | Head::Unparsed(read) => read,
+                            Head::Close => return None,
+                        },
+                    };
+                    let mut session = ServerSession::new_http1(stream);
+                    match settings {
+                        Some(settings) => settings.apply_to_session(&mut session),
+                        None => {
+                            // As pingora's own HTTP/1.1 loop sets up a connection's first session.
+                            session.set_keepalive(Some(KEEPALIVE_TIMEOUT_S));
+                            session.set_keepalive_reuses_remaining(
+                                self.inner
+                                    .server_options()
+                                    .and_then(|options| options.keepalive_request_limit),
+                            );
+                        }
+                    }
+                    if *shutdown.borrow() {
+                        // Stop the client from reusing a connection of a server going away.
+                        session.set_keepalive(None);
+                    }
+                    if !read.is_empty() {
+                        session.set_pipelined_prefix(read);
+                    }
+                    self.inner.process_new_http(session, shutdown).await
+                };
                 match self.within_header_deadline(&ticket, &keep_alive, request).await {
-                    Some(reused) => next = reused,
-                    None => return,
+                    Some(Some(reused)) => next = Some(reused),
+                    _ => return,
                 }
             }
         })
@@ -231,29 +265,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> 
         ticket.admitted = true;
         METRICS.client_connections.inc();
         let ticket = Arc::new(ticket);
-        let keep_alive = self.keep_alive(shutdown);
-        let mut stream = HeaderLimited::wrap(stream, Arc::clone(&ticket.header), self.write_buffer_bytes);
-        // The first request head is read here, into a small buffer, before pingora's session
-        // (and its buffers) exists: a storm of clients that connect at once and then send
-        // their requests waits in ~1 KiB each, not ~23 KiB (see `request_head`).
-        let first = async {
-            let read = match read_head(&mut stream).await {
-                Head::Complete(read, _) | Head::Unparsed(read) => read,
-                Head::Close => return None,
-            };
-            let mut session = ServerSession::new_http1(stream);
-            // As pingora's own HTTP/1.1 loop sets up a connection's first session.
-            session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_TIMEOUT_S));
-            session.set_keepalive_reuses_remaining(
-                self.inner
-                    .server_options()
-                    .and_then(|options| options.keepalive_request_limit),
-            );
-            session.set_pipelined_prefix(read);
-            self.inner.process_new_http(session, shutdown).await
-        };
-        let reused = self.within_header_deadline(&ticket, &keep_alive, first).await??;
-        Arc::clone(self).serve_reused(reused, shutdown, ticket).await;
+        let stream = HeaderLimited::wrap(stream, Arc::clone(&ticket.header), self.write_buffer_bytes);
+        Arc::clone(self)
+            .serve_reused(ReusedHttpStream::new(stream, None), shutdown, ticket, None)
+            .await;
         None
     }
 

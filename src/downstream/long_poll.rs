@@ -288,12 +288,10 @@ impl Detached {
             let poll = match next {
                 Next::Poll(poll) => poll,
                 Next::Pingora(read) => {
-                    if !read.is_empty() {
-                        self.settings.set_pipelined_prefix(read);
-                    }
                     self.keep_alive.resume(
                         ReusedHttpStream::new(self.stream, Some(self.settings)),
                         self.connection,
+                        Some(read),
                     );
                     return;
                 }
