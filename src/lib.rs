@@ -63,7 +63,10 @@
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
 //!   `wire/` (every wire encoding: SSE, HTTP chunks, JSON envelopes, WebSocket frames and
 //!   deflate), `direct.rs` (the socket a connection shares with the publishing task),
-//!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`.
+//!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`
+//!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
+//!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
+//!   served without pingora).
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
 //!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`, and the live admin page with its
