@@ -194,8 +194,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
                 let request = async {
                     let read = match already_read {
                         Some(read) => read,
-                        None => match read_head(&mut stream).await {
-                            Head::Complete(read, _) | Head::Unparsed(read) => read,
+                        None => match read_head(&mut stream, |_| ()).await {
+                            Head::Complete(read, _, ()) | Head::Unparsed(read) => read,
                             Head::Close => return None,
                         },
                     };

@@ -26,7 +26,7 @@ use super::cors::CorsStamp;
 use super::in_flight::InFlight;
 use super::long_poll::{HoldTicket, PollRequest};
 use super::per_ip::PerIp;
-use super::request_head::{read_head, Head, MAX_HEADERS};
+use super::request_head::{read_head, Head};
 use super::request_header_bytes;
 use super::router::{choose_transport, forwarded_headers, header, TopicTable};
 use crate::config::{CorsSettings, Limits, Transport};
@@ -72,8 +72,12 @@ impl PollLane {
         // Not raced against the shutdown (that would register with the token on every poll):
         // a poll arriving while the server stops is answered `304` + `Connection: close` at
         // once by its hold, and an idle connection ends with the process, as pingora's do.
-        let read = tokio::time::timeout(self.limits.request_header_timeout, read_head(stream)).await;
-        let (bytes, length) = match read {
+        let read = tokio::time::timeout(
+            self.limits.request_header_timeout,
+            read_head(stream, poll_request),
+        )
+        .await;
+        let (bytes, length, parsed) = match read {
             Err(_) => {
                 METRICS
                     .limit_hits
@@ -83,11 +87,11 @@ impl PollLane {
             }
             Ok(Head::Close) => return Next::Close,
             Ok(Head::Unparsed(bytes)) => return Next::Pingora(bytes),
-            Ok(Head::Complete(bytes, length)) => (bytes, length),
+            Ok(Head::Complete(bytes, length, parsed)) => (bytes, length, parsed),
         };
         connection.mark_header_complete();
         // Bytes past the head are a pipelined request: pingora's to serve (and close after).
-        let parsed = (bytes.len() == length).then(|| parse_head(&bytes)).flatten();
+        let parsed = parsed.filter(|_| bytes.len() == length);
         let Some(request) = parsed else {
             return Next::Pingora(bytes);
         };
@@ -150,12 +154,9 @@ impl PollLane {
     }
 }
 
-/// The request a complete head (`bytes`) is, if it can be a long poll at all: a `GET` over
+/// The request a complete parsed head is, if it can be a long poll at all: a `GET` over
 /// HTTP/1.1 with no body, no upgrade and nothing saying the connection ends.
-fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    parsed.parse(bytes).ok()?;
+fn poll_request(parsed: &httparse::Request) -> Option<RequestHeader> {
     if parsed.method? != "GET" || parsed.version? != 1 {
         return None;
     }
@@ -185,6 +186,15 @@ fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::downstream::request_head::MAX_HEADERS;
+
+    /// [`poll_request`] of a complete head.
+    fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(bytes).expect("a head").is_complete());
+        poll_request(&parsed)
+    }
 
     #[test]
     fn a_plain_poll_head_is_parsed_and_others_are_left_to_pingora() {

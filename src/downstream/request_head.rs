@@ -17,9 +17,10 @@ const MAX_HEAD_BYTES: usize = 8 * HEAD_BUFFER_BYTES;
 pub const MAX_HEADERS: usize = 48;
 
 /// What reading a head gave.
-pub enum Head {
-    /// A complete head: the bytes read (the head and anything after it), and the head's length.
-    Complete(BytesMut, usize),
+pub enum Head<T> {
+    /// A complete head: the bytes read (the head and anything after it), the head's length,
+    /// and what the caller made of the parsed head (it is parsed once).
+    Complete(BytesMut, usize, T),
     /// Bytes that are not (or not yet, within `MAX_HEAD_BYTES`) a head httparse accepts:
     /// pingora parses them, and answers a malformed one with its error.
     Unparsed(BytesMut),
@@ -28,8 +29,9 @@ pub enum Head {
     Close,
 }
 
-/// Reads until a whole request head is in (or it cannot be one the lane serves).
-pub async fn read_head(stream: &mut Stream) -> Head {
+/// Reads until a whole request head is in (or it cannot be one httparse accepts), and hands
+/// the parsed head to `on_complete`.
+pub async fn read_head<T>(stream: &mut Stream, on_complete: impl FnOnce(&httparse::Request) -> T) -> Head<T> {
     let mut bytes = BytesMut::with_capacity(HEAD_BUFFER_BYTES);
     loop {
         match stream.read_buf(&mut bytes).await {
@@ -39,8 +41,12 @@ pub async fn read_head(stream: &mut Stream) -> Head {
             Ok(_) => {}
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(&bytes) {
-            Ok(httparse::Status::Complete(length)) => return Head::Complete(bytes, length),
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&bytes) {
+            Ok(httparse::Status::Complete(length)) => {
+                let made = on_complete(&parsed);
+                return Head::Complete(bytes, length, made);
+            }
             // Read on while it may still be a head the lane serves; the header budget on
             // the stream bounds how much that can be.
             Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD_BYTES => {}
