@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -382,11 +382,15 @@ pub struct SubscriberGauge {
 
 impl SubscriberGauge {
     pub fn new(topic: &crate::hub::Topic, transport: &str) -> Self {
-        let gauge = METRICS
-            .subscribers
-            .with_label_values(&[&topic.key().name, transport]);
+        let known = crate::hub::Transport::from_name(transport);
+        let gauge = match (handles(topic), known) {
+            (Some(handles), Some(known)) => handles.subscribers[transport_index(known)].clone(),
+            _ => METRICS
+                .subscribers
+                .with_label_values(&[&topic.key().name, transport]),
+        };
         gauge.inc();
-        let counted = crate::hub::Transport::from_name(transport).map(|t| topic.stats().subscriber(t));
+        let counted = known.map(|t| topic.stats().subscriber(t));
         SubscriberGauge {
             gauge,
             _counted: counted,
@@ -394,14 +398,58 @@ impl SubscriberGauge {
     }
 }
 
+/// One instance's labelled metric handles, made once per instance (kept in its stats'
+/// recorder slot) so that the hot paths do not look them up by label — a hash of the labels
+/// and a lock — on every write, subscribe and resume.
+struct TopicHandles {
+    freshness: Histogram,
+    /// By [`crate::hub::Transport::ALL`] order.
+    subscribers: [IntGauge; 3],
+    long_poll_deliveries: IntCounter,
+    replayed: IntCounter,
+    reset: IntCounter,
+}
+
+fn handles(topic: &crate::hub::Topic) -> Option<&TopicHandles> {
+    topic.stats().recorder(|| {
+        let name = topic.key().name.as_ref();
+        TopicHandles {
+            freshness: METRICS.delivery_freshness.with_label_values(&[name]),
+            subscribers: crate::hub::Transport::ALL
+                .map(|transport| METRICS.subscribers.with_label_values(&[name, transport.name()])),
+            long_poll_deliveries: METRICS.deliveries.with_label_values(&[name, "long_poll"]),
+            replayed: METRICS.resumes.with_label_values(&[name, "replayed"]),
+            reset: METRICS.resumes.with_label_values(&[name, "reset"]),
+        }
+    })
+}
+
+fn transport_index(transport: crate::hub::Transport) -> usize {
+    crate::hub::Transport::ALL
+        .iter()
+        .position(|known| *known == transport)
+        .unwrap_or(0)
+}
+
+/// `count` messages went to a long-poll client of `topic`.
+pub fn long_poll_delivered(topic: &crate::hub::Topic, count: u64) {
+    match handles(topic) {
+        Some(handles) => handles.long_poll_deliveries.inc_by(count),
+        None => METRICS
+            .deliveries
+            .with_label_values(&[&topic.key().name, "long_poll"])
+            .inc_by(count),
+    }
+}
+
 /// `count` messages of `topic` are being written to a client, `message` the oldest: counts
 /// them for the admin API and records how fresh they are.
 pub fn delivered(topic: &crate::hub::Topic, message: &crate::hub::Message, count: u64) {
-    let stats = topic.stats();
-    stats.delivered(count);
-    let freshness = stats.recorder(|| METRICS.delivery_freshness.with_label_values(&[&topic.key().name]));
-    if let Some(freshness) = freshness {
-        freshness.observe(message.received.elapsed().as_secs_f64());
+    topic.stats().delivered(count);
+    if let Some(handles) = handles(topic) {
+        handles
+            .freshness
+            .observe(message.received.elapsed().as_secs_f64());
     }
 }
 
@@ -427,8 +475,15 @@ impl crate::hub::HubEvents for Metrics {
         }
     }
 
-    fn resumed(&self, topic: &str, outcome: &'static str) {
-        self.resumes.with_label_values(&[topic, outcome]).inc();
+    fn resumed(&self, topic: &crate::hub::Topic, outcome: &'static str) {
+        match (handles(topic), outcome) {
+            (Some(handles), "replayed") => handles.replayed.inc(),
+            (Some(handles), "reset") => handles.reset.inc(),
+            _ => self
+                .resumes
+                .with_label_values(&[&topic.key().name, outcome])
+                .inc(),
+        }
     }
 
     fn delta_computed(&self, topic: &str, kind: &'static str, patch_bytes: usize, document_bytes: usize) {

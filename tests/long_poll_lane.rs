@@ -59,6 +59,11 @@ impl Setup {
     /// backend change, and returns the answer's data and cursor.
     async fn held_poll(&mut self, stream: &mut TcpStream, cursor: &str) -> (u64, String) {
         let poll = format!("GET /feed?wait=10&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+        self.held_request(stream, &poll).await
+    }
+
+    /// [`Setup::held_poll`] with the request as given; the answer's `ETag` is its cursor.
+    async fn held_request(&mut self, stream: &mut TcpStream, poll: &str) -> (u64, String) {
         stream.write_all(poll.as_bytes()).await.unwrap();
         eventually("the poll is held", || self.topic.subscriber_count() == 1).await;
         self.backend
@@ -70,6 +75,10 @@ impl Setup {
         let answer: Value = serde_json::from_str(&body).unwrap();
         let messages = answer["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 1, "one change, one message: {body}");
+        assert_eq!(
+            header(&headers, "etag").map(str::to_string),
+            answer["cursor"].as_str().map(|cursor| format!("\"{cursor}\""))
+        );
         eventually("the answered poll is done", || self.topic.subscriber_count() == 0).await;
         (
             messages[0]["data"].as_u64().unwrap(),
@@ -123,6 +132,55 @@ async fn a_connections_next_polls_are_read_directly_in_order_without_a_gap() {
         .collect();
     assert_eq!(data, vec![5, 6]);
     assert_eq!(answer["cursor"].as_str(), Some(cursor.as_str()));
+}
+
+#[tokio::test]
+async fn a_poll_repeated_with_a_new_if_none_match_is_served_in_order() {
+    // A client sending the same request each time with only `If-None-Match` changed (what
+    // fanbench and browsers' conditional requests do): after its first lane poll, the lane
+    // knows the request again and admits it without routing it anew.
+    let mut setup = setup().await;
+    let mut stream = setup.connect().await;
+    let cursor = setup.topic.cursor().to_string();
+    let (first, mut cursor) = setup.held_poll(&mut stream, &cursor).await;
+    let poll = |cursor: &str| {
+        format!("GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"{cursor}\"\r\n\r\n")
+    };
+    let mut values = vec![first];
+    for _ in 0..4 {
+        let (value, next) = setup.held_request(&mut stream, &poll(&cursor)).await;
+        values.push(value);
+        cursor = next;
+    }
+    assert_eq!(
+        values,
+        (1..=5).collect::<Vec<u64>>(),
+        "every change once, in order"
+    );
+
+    // The same request with a cursor this server never gave: refused with the reason (by
+    // pingora's path, the lane hands it over), and the connection goes on.
+    stream.write_all(poll("nope").as_bytes()).await.unwrap();
+    let (status, headers, body) = read_response(&mut stream).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cursor"), "the reason names the cursor: {body}");
+    assert_ne!(header(&headers, "connection"), Some("close"));
+    // Behind: answered at once from history, the repeat's cursor read anew each time.
+    let behind = setup.topic.cursor();
+    let (value, _) = setup.held_request(&mut stream, &poll(&cursor)).await;
+    assert_eq!(value, 6);
+    let behind = format!("{}-{}", behind.epoch, behind.seq - 1);
+    stream.write_all(poll(&behind).as_bytes()).await.unwrap();
+    let (status, _, body) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let data: Vec<u64> = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_u64().unwrap())
+        .collect();
+    assert_eq!(data, vec![5, 6]);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! (SSE, polls, refusals) gets the same headers from one place.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use pingora_core::modules::http::{HttpModule, HttpModuleBuilder, Module};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::response::AnswerHead;
 use super::router::TopicTable;
 use crate::config::CorsSettings;
 use crate::metrics::METRICS;
@@ -68,7 +70,7 @@ impl Cors {
 /// The CORS headers of one topic answer, decided from its request. The module applies
 /// them to every response written through pingora; an answer written off pingora's request
 /// path (a held long poll, answered from a task of its own) takes them along instead.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CorsStamp {
     topic: bool,
     origin: Option<HeaderValue>,
@@ -94,20 +96,26 @@ impl CorsStamp {
         }
     }
 
-    pub fn apply(self, response: &mut ResponseHeader) -> Result<()> {
+    /// Whether the request's `Origin` is allowed (its answer carries the CORS headers).
+    pub fn allows_origin(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    pub fn apply<H: AnswerHead>(self, response: &mut H) -> Result<()> {
         // Every topic answer varies by `Origin` (with CORS headers or without), so a cache
         // never hands one origin's answer to another (Fetch standard, "CORS protocol and
         // HTTP caches").
         if self.topic {
-            response.append_header("Vary", "Origin")?;
+            response.append("Vary", Cow::Borrowed("Origin"))?;
         }
-        let Some(origin) = self.origin else {
+        // Only an allowed origin is kept, and the allowlist holds text.
+        let Some(origin) = self.origin.as_ref().and_then(|origin| origin.to_str().ok()) else {
             return Ok(());
         };
-        response.insert_header("Access-Control-Allow-Origin", origin)?;
-        response.insert_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
+        response.set("Access-Control-Allow-Origin", Cow::Owned(origin.to_string()))?;
+        response.set("Access-Control-Expose-Headers", Cow::Borrowed(EXPOSED_HEADERS))?;
         if self.credentials {
-            response.insert_header("Access-Control-Allow-Credentials", "true")?;
+            response.set("Access-Control-Allow-Credentials", Cow::Borrowed("true"))?;
         }
         Ok(())
     }

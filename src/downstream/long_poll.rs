@@ -19,15 +19,15 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::connection_limit::{self, ConnectionTicket, KeepAlive};
 use super::cors::CorsStamp;
 use super::in_flight::InFlightGuard;
-use super::next_poll::{Next, PollLane};
+use super::next_poll::{LaneState, Next, PollLane};
 use super::per_ip::IpSlot;
 use super::response::{
     batch_response, make_private, not_modified, poll_cursor, prepare_response, requested_wait, respond,
-    respond_reason, state_response, take_connection,
+    respond_reason, state_response, take_connection, with_http_date, AnswerHead, WireHead,
 };
 use crate::config::TopicSpec;
 use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Subscription, Topic};
-use crate::metrics::{SubscriberGauge, METRICS};
+use crate::metrics::SubscriberGauge;
 
 /// What ends a hold.
 enum Outcome {
@@ -126,7 +126,7 @@ struct Answer {
 
 impl Answer {
     /// The response, or `None` when the client is gone (nothing to write).
-    fn build(&self, outcome: Outcome) -> Result<Option<(ResponseHeader, Bytes)>> {
+    fn build<H: AnswerHead>(&self, outcome: Outcome) -> Result<Option<(H, Bytes)>> {
         let topic = &self.topic;
         let mode = topic.settings().mode;
         if let Outcome::Messages { messages, .. } = &outcome {
@@ -135,10 +135,7 @@ impl Answer {
             } else {
                 messages.len() as u64
             };
-            METRICS
-                .deliveries
-                .with_label_values(&[&topic.key().name, "long_poll"])
-                .inc_by(delivered);
+            crate::metrics::long_poll_delivered(topic, delivered);
             // The message whose age the write shows: the state sent, or the oldest event.
             let sent = if mode == Mode::State {
                 messages.last()
@@ -157,13 +154,16 @@ impl Answer {
                 skipped,
             } => match (mode, messages.last()) {
                 // A delta client holding a state still in history gets the patch from it.
-                (Mode::State, Some(latest)) => match self.cursor.filter(|_| self.deltas && !reset) {
-                    Some(base) => match super::delta::long_poll_patch(topic, base, latest)? {
-                        Some(answer) => answer,
+                (Mode::State, Some(latest)) => {
+                    let (response, body) = match self.cursor.filter(|_| self.deltas && !reset) {
+                        Some(base) => match super::delta::long_poll_patch(topic, base, latest)? {
+                            Some(answer) => answer,
+                            None => state_response(topic, latest)?,
+                        },
                         None => state_response(topic, latest)?,
-                    },
-                    None => state_response(topic, latest)?,
-                },
+                    };
+                    (H::from_response(response)?, body)
+                }
                 (Mode::State, None) => (not_modified(position, mode)?, Bytes::new()),
                 (Mode::Events, last) => {
                     let cursor = last.map_or(position, |m| m.cursor);
@@ -180,7 +180,7 @@ impl Answer {
 
     /// Writes the answer through pingora's request (the request path).
     async fn respond(&self, session: &mut Session, outcome: Outcome) -> Result<()> {
-        match self.build(outcome)? {
+        match self.build::<ResponseHeader>(outcome)? {
             Some((response, body)) => respond(session, response, body).await,
             None => {
                 session.set_keepalive(None);
@@ -205,6 +205,7 @@ struct Detached {
     head: bool,
     write_timeout: Duration,
     lane: Arc<PollLane>,
+    lane_state: LaneState,
 }
 
 impl Detached {
@@ -239,6 +240,7 @@ impl Detached {
             head,
             write_timeout,
             lane: Arc::clone(lane),
+            lane_state: LaneState::default(),
         })
     }
 
@@ -284,7 +286,11 @@ impl Detached {
             // Answered: the drain no longer waits for it, nor does it hold its per-IP slot.
             drop(ticket);
             // Boxed, like the write: reading the next head is brief, the wait is held.
-            let next = Box::pin(self.lane.next(&mut self.stream, &self.connection)).await;
+            let next = Box::pin(
+                self.lane
+                    .next(&mut self.stream, &self.connection, &mut self.lane_state),
+            )
+            .await;
             let poll = match next {
                 Next::Poll(poll) => poll,
                 Next::Pingora(read) => {
@@ -314,23 +320,21 @@ impl Detached {
 
     /// Writes the answer; `Ok(true)` when the connection stays open for a next request.
     async fn answer(&mut self, answer: &Answer, outcome: Outcome) -> Result<bool> {
-        let Some((mut response, body)) = answer.build(outcome)? else {
+        let Some((mut response, body)) = answer.build::<WireHead>(outcome)? else {
             // The client is gone: dropping the socket closes it.
             return Ok(false);
         };
         std::mem::take(&mut self.cors).apply(&mut response)?;
         let send_body = prepare_response(&mut response, &body, self.head)?;
         let keep_alive = self.keep_alive_after;
-        response.insert_header("Date", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
-        response.insert_header("Connection", if keep_alive { "keep-alive" } else { "close" })?;
-        let mut wire = BytesMut::with_capacity(256 + if send_body { body.len() } else { 0 });
-        wire.put_slice(b"HTTP/1.1 ");
-        wire.put_slice(response.status.as_str().as_bytes());
-        wire.put_u8(b' ');
-        wire.put_slice(response.status.canonical_reason().unwrap_or("").as_bytes());
-        wire.put_slice(b"\r\n");
-        response.header_to_h1_wire(&mut wire);
-        wire.put_slice(b"\r\n");
+        let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+        let mut wire = BytesMut::with_capacity(320 + if send_body { body.len() } else { 0 });
+        with_http_date(|date| {
+            response.write_to(
+                &mut wire,
+                &[("Date", date.as_bytes()), ("Connection", connection)],
+            )
+        });
         if send_body {
             wire.put_slice(&body);
         }

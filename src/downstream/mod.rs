@@ -75,7 +75,13 @@ fn retry_after(spec: &TopicSpec) -> Vec<(&'static str, String)> {
 
 /// Request line plus header lines, as sent.
 fn request_header_bytes(request: &RequestHeader) -> usize {
-    let line = request.method.as_str().len() + request.uri.to_string().len() + 11;
+    // The request target as sent: `path?query` measured without formatting the URI (the
+    // usual origin form), an absolute-form target (with scheme and host) formatted.
+    let target = match (request.uri.scheme(), request.uri.path_and_query()) {
+        (None, Some(target)) => target.as_str().len(),
+        _ => request.uri.to_string().len(),
+    };
+    let line = request.method.as_str().len() + target + 11;
     let headers: usize = request
         .headers
         .iter()

@@ -12,6 +12,7 @@
 //! in front of the stream (`set_pipelined_prefix`), which serves it (or refuses it with its
 //! reason) as if it had read them itself.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +29,10 @@ use super::long_poll::{HoldTicket, PollRequest};
 use super::per_ip::PerIp;
 use super::request_head::{read_head, Head};
 use super::request_header_bytes;
-use super::router::{choose_transport, forwarded_headers, header, TopicTable};
+use super::response::if_none_match_cursor;
+use super::router::{choose_transport, forwarded_headers, header, query_param, Router, TopicTable};
 use crate::config::{CorsSettings, Limits, Transport};
-use crate::hub::{Registry, Topic};
+use crate::hub::{Cursor, Registry, Topic, TopicKey};
 use crate::metrics::METRICS;
 
 /// What the lane needs of the proxy: routing, the instances, the per-IP long-poll cap, the
@@ -64,17 +66,101 @@ pub struct NextPoll {
     pub write_timeout: Duration,
 }
 
+/// What the lane keeps of a connection between its polls: the peer's address, and the last
+/// poll it admitted, so that the same request again (a long-poll client repeats its request
+/// with only the cursor changed) is admitted without being routed and parsed anew.
+#[derive(Default)]
+pub struct LaneState {
+    peer_ip: Option<Option<IpAddr>>,
+    repeat: Option<Repeat>,
+}
+
+/// A poll the lane admitted, and what routing it decided. A request with the same target
+/// and the same header lines (in order, byte for byte) but for `If-None-Match`, read while
+/// the same routing table is current, is routed the same way: routing, transport choice,
+/// `wait`, delta format, forwarded headers and CORS read nothing else.
+struct Repeat {
+    shape: HeadShape,
+    router: Arc<Router>,
+    key: TopicKey,
+    wait: Duration,
+    deltas: bool,
+    /// The cursor the target names (`?cursor=`), which `If-None-Match` does not override.
+    query_cursor: Option<Option<Cursor>>,
+    cors: CorsStamp,
+    /// The request's `Origin` was refused (counted again on every repeat, as a fresh
+    /// request would count it).
+    origin_refused: bool,
+    write_timeout: Duration,
+}
+
+/// A header line's name and value.
+type HeaderLine = (Box<[u8]>, Box<[u8]>);
+
+/// A head's target and header lines without `If-None-Match` (the cursor, which changes).
+#[derive(PartialEq)]
+struct HeadShape {
+    target: Box<[u8]>,
+    headers: Vec<HeaderLine>,
+}
+
+impl HeadShape {
+    fn of(parsed: &httparse::Request) -> Option<Self> {
+        Some(HeadShape {
+            target: parsed.path?.as_bytes().into(),
+            headers: parsed
+                .headers
+                .iter()
+                .filter(|line| !is_cursor_header(line))
+                .map(|line| (line.name.as_bytes().into(), line.value.into()))
+                .collect(),
+        })
+    }
+
+    /// Whether `parsed` has this shape: compared in place, nothing allocated.
+    fn matches(&self, parsed: &httparse::Request) -> bool {
+        parsed.path.is_some_and(|path| path.as_bytes() == &*self.target)
+            && parsed
+                .headers
+                .iter()
+                .filter(|line| !is_cursor_header(line))
+                .map(|line| (line.name.as_bytes(), line.value))
+                .eq(self.headers.iter().map(|(name, value)| (&**name, &**value)))
+    }
+}
+
+fn is_cursor_header(line: &httparse::Header) -> bool {
+    line.name.eq_ignore_ascii_case("if-none-match")
+}
+
+/// What the lane made of a complete head.
+enum PollHead {
+    /// The connection's previous poll again, with this `If-None-Match` cursor; the header's
+    /// size as [`request_header_bytes`] counts it.
+    Repeat(Option<Cursor>, usize),
+    /// A request that may be a long poll, to be routed; and its shape, to know it again.
+    Fresh(Box<RequestHeader>, Option<HeadShape>),
+    /// Not a long poll the lane serves.
+    Other,
+}
+
 impl PollLane {
     /// Reads the connection's next request head (within the header deadline and budget, as
     /// pingora's keep-alive loop would) and decides who serves it.
-    pub async fn next(&self, stream: &mut Stream, connection: &ConnectionTicket) -> Next {
+    pub async fn next(
+        &self,
+        stream: &mut Stream,
+        connection: &ConnectionTicket,
+        state: &mut LaneState,
+    ) -> Next {
         connection.start_request();
+        let repeat = state.repeat.as_ref();
         // Not raced against the shutdown (that would register with the token on every poll):
         // a poll arriving while the server stops is answered `304` + `Connection: close` at
         // once by its hold, and an idle connection ends with the process, as pingora's do.
         let read = tokio::time::timeout(
             self.limits.request_header_timeout,
-            read_head(stream, poll_request),
+            read_head(stream, |parsed| classify(parsed, repeat)),
         )
         .await;
         let (bytes, length, parsed) = match read {
@@ -91,28 +177,48 @@ impl PollLane {
         };
         connection.mark_header_complete();
         // Bytes past the head are a pipelined request: pingora's to serve (and close after).
-        let parsed = parsed.filter(|_| bytes.len() == length);
-        let Some(request) = parsed else {
+        if bytes.len() != length {
             return Next::Pingora(bytes);
-        };
-        let ip = stream.get_socket_digest().and_then(|digest| {
-            digest
-                .peer_addr()
-                .and_then(|addr| addr.as_inet())
-                .map(|addr| addr.ip())
+        }
+        let ip = *state.peer_ip.get_or_insert_with(|| {
+            stream.get_socket_digest().and_then(|digest| {
+                digest
+                    .peer_addr()
+                    .and_then(|addr| addr.as_inet())
+                    .map(|addr| addr.ip())
+            })
         });
-        match self.admit(&request, ip).await {
+        let admitted = match parsed {
+            PollHead::Repeat(cursor, header_bytes) => match state.repeat.as_ref() {
+                Some(repeat) => self.admit_repeat(repeat, cursor, header_bytes, ip).await,
+                None => None,
+            },
+            PollHead::Fresh(request, shape) => self.admit(&request, shape, ip).await.map(|admitted| {
+                state.repeat = admitted.repeat;
+                admitted.poll
+            }),
+            PollHead::Other => None,
+        };
+        match admitted {
             Some(poll) => {
                 METRICS.long_polls_read_directly.inc();
                 Next::Poll(poll)
             }
-            None => Next::Pingora(bytes),
+            None => {
+                state.repeat = None;
+                Next::Pingora(bytes)
+            }
         }
     }
 
     /// The long poll `request` asks for, if this lane serves it as the request path would;
     /// `None` hands it to pingora (which also gives every refusal its reason).
-    async fn admit(&self, request: &RequestHeader, ip: Option<std::net::IpAddr>) -> Option<NextPoll> {
+    async fn admit(
+        &self,
+        request: &RequestHeader,
+        shape: Option<HeadShape>,
+        ip: Option<IpAddr>,
+    ) -> Option<Admitted> {
         if request_header_bytes(request) > self.limits.max_request_header_bytes {
             return None;
         }
@@ -124,34 +230,134 @@ impl PollLane {
             return None;
         }
         let poll = PollRequest::parse(request, spec).ok()?;
+        let key = route.key.with_forwarded(forwarded_headers(request, spec));
         // Only an instance that exists: a new one is charged to the client's quota there.
-        let topic = self
-            .registry
-            .get(&route.key.with_forwarded(forwarded_headers(request, spec)))?;
+        let topic = self.registry.get(&key)?;
+        let ticket = self.ticket(ip)?;
+        let (cors, origin_refused) = if self.cors.enabled() {
+            let cors = CorsStamp::for_topic_request(&self.cors, request);
+            let refused = request.headers.contains_key(http::header::ORIGIN) && !cors.allows_origin();
+            (cors, refused)
+        } else {
+            (CorsStamp::default(), false)
+        };
+        let write_timeout = spec.write_timeout;
+        let repeat = shape.map(|shape| Repeat {
+            shape,
+            router: Arc::clone(&router),
+            key,
+            wait: poll.wait,
+            deltas: poll.deltas,
+            query_cursor: query_param(request, "cursor").is_some().then_some(poll.cursor),
+            cors: cors.clone(),
+            origin_refused,
+            write_timeout,
+        });
+        Some(Admitted {
+            poll: self.ready(topic, poll, ticket, cors, write_timeout).await,
+            repeat,
+        })
+    }
+
+    /// The connection's previous poll again: admitted as it was, if the routing table and
+    /// the instance it chose are still current.
+    async fn admit_repeat(
+        &self,
+        repeat: &Repeat,
+        cursor: Option<Cursor>,
+        header_bytes: usize,
+        ip: Option<IpAddr>,
+    ) -> Option<NextPoll> {
+        if header_bytes > self.limits.max_request_header_bytes
+            || !Arc::ptr_eq(&repeat.router, &self.topics.current())
+        {
+            return None;
+        }
+        let topic = self.registry.get(&repeat.key)?;
+        let ticket = self.ticket(ip)?;
+        if repeat.origin_refused {
+            METRICS.origin_refusals.inc();
+        }
+        let poll = PollRequest {
+            wait: repeat.wait,
+            cursor: repeat.query_cursor.unwrap_or(cursor),
+            deltas: repeat.deltas,
+        };
+        Some(
+            self.ready(topic, poll, ticket, repeat.cors.clone(), repeat.write_timeout)
+                .await,
+        )
+    }
+
+    /// The client's per-IP long-poll slot and its place in the drain's count.
+    fn ticket(&self, ip: Option<IpAddr>) -> Option<HoldTicket> {
         let ip_slot = match ip {
             Some(ip) => Some(self.long_polls.acquire(ip, self.limits.max_long_polls_per_ip)?),
             None => None,
         };
-        let ticket = HoldTicket {
+        Some(HoldTicket {
             in_flight: self.in_flight.enter(),
             ip_slot,
-        };
-        let cors = if self.cors.enabled() {
-            CorsStamp::for_topic_request(&self.cors, request)
-        } else {
-            CorsStamp::default()
-        };
-        let write_timeout = spec.write_timeout;
-        drop(router);
+        })
+    }
+
+    async fn ready(
+        &self,
+        topic: Arc<Topic>,
+        request: PollRequest,
+        ticket: HoldTicket,
+        cors: CorsStamp,
+        write_timeout: Duration,
+    ) -> NextPoll {
         topic.wait_synced(super::SYNC_WAIT).await;
-        Some(NextPoll {
+        NextPoll {
             topic,
-            request: poll,
+            request,
             ticket,
             cors,
             write_timeout,
-        })
+        }
     }
+}
+
+/// A freshly routed poll, and how to know it again.
+struct Admitted {
+    poll: NextPoll,
+    repeat: Option<Repeat>,
+}
+
+/// Decides what a complete head is: the previous poll again, a request to route, or none
+/// of the lane's.
+fn classify(parsed: &httparse::Request, repeat: Option<&Repeat>) -> PollHead {
+    if repeat.is_some_and(|repeat| repeat.shape.matches(parsed)) {
+        // The same lines passed `poll_request` before; only the cursor is read again.
+        let cursor = parsed
+            .headers
+            .iter()
+            .find(|line| is_cursor_header(line))
+            .map(|line| std::str::from_utf8(line.value).map_err(|_| ()))
+            .transpose()
+            .ok()
+            .map(|value| if_none_match_cursor(value));
+        if let Some(Ok(cursor)) = cursor {
+            return PollHead::Repeat(cursor, head_bytes(parsed));
+        }
+    }
+    match poll_request(parsed) {
+        Some(request) => PollHead::Fresh(Box::new(request), HeadShape::of(parsed)),
+        None => PollHead::Other,
+    }
+}
+
+/// A parsed head's size as [`request_header_bytes`] counts it.
+fn head_bytes(parsed: &httparse::Request) -> usize {
+    let line = parsed.method.map_or(0, str::len) + parsed.path.map_or(0, str::len) + 11;
+    let headers: usize = parsed
+        .headers
+        .iter()
+        .map(|line| line.name.len() + line.value.len() + 4)
+        .sum();
+    line + headers
 }
 
 /// The request a complete parsed head is, if it can be a long poll at all: a `GET` over
@@ -194,6 +400,60 @@ mod tests {
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(bytes).expect("a head").is_complete());
         poll_request(&parsed)
+    }
+
+    /// Whether `shape` (of `first`) knows `next` again.
+    fn same_shape(first: &[u8], next: &[u8]) -> bool {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(first).expect("a head").is_complete());
+        let shape = HeadShape::of(&parsed).expect("a shape");
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(next).expect("a head").is_complete());
+        shape.matches(&parsed)
+    }
+
+    #[test]
+    fn a_repeat_is_the_same_request_but_for_its_if_none_match() {
+        let first = b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-1\"\r\nAccept: */*\r\n\r\n";
+        assert!(same_shape(first, first));
+        assert!(same_shape(
+            first,
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nif-none-match: \"a-2\"\r\nAccept: */*\r\n\r\n"
+        ));
+        assert!(same_shape(
+            first,
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+        ));
+        for other in [
+            &b"GET /feed?wait=11 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-1\"\r\nAccept: */*\r\n\r\n"[..],
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: y\r\nIf-None-Match: \"a-1\"\r\nAccept: */*\r\n\r\n",
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n\r\n",
+            b"GET /feed?wait=10 HTTP/1.1\r\nAccept: */*\r\nHost: x\r\n\r\n",
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nOrigin: https://a.example\r\n\r\n",
+            b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        ] {
+            let same = same_shape(first, other);
+            // The one with a blank line more is the same head (the rest is a next request,
+            // which the lane checks apart from the shape).
+            assert_eq!(
+                same,
+                other.ends_with(b"\r\n\r\n\r\n"),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn a_parsed_heads_size_is_counted_as_for_a_request_header() {
+        let bytes = b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-1\"\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(bytes).expect("a head").is_complete());
+        let request = poll_request(&parsed).expect("a poll");
+        assert_eq!(head_bytes(&parsed), request_header_bytes(&request));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use pingora_error::Result;
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tokio::time::Instant;
@@ -22,15 +24,146 @@ pub fn take_connection(session: &mut Session) -> Box<pingora_core::protocols::ht
     std::mem::replace(&mut session.downstream_session, Box::new(placeholder))
 }
 
+/// Where a complete answer's status and headers go: pingora's `ResponseHeader` (an answer
+/// written through pingora) or a [`WireHead`] (an answer a detached long poll writes to its
+/// socket itself: pingora's header map and its case map were ~14 % of a long poll's CPU).
+pub trait AnswerHead: Sized {
+    fn with_status(status: u16) -> Result<Self>;
+    fn status_code(&self) -> u16;
+    fn get(&self, name: &str) -> Option<&str>;
+    /// Sets `name`, replacing a header of that name.
+    fn set(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()>;
+    /// Adds `name`, keeping a header of that name.
+    fn append(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()>;
+    /// An answer built as a `ResponseHeader` (a state, a patch), as this kind of head.
+    fn from_response(response: ResponseHeader) -> Result<Self>;
+}
+
+impl AnswerHead for ResponseHeader {
+    fn with_status(status: u16) -> Result<Self> {
+        ResponseHeader::build(status, Some(8))
+    }
+    fn status_code(&self) -> u16 {
+        self.status.as_u16()
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+    fn set(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
+        self.insert_header(name, value.as_ref())
+    }
+    fn append(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
+        self.append_header(name, value.as_ref()).map(|_| ())
+    }
+    fn from_response(response: ResponseHeader) -> Result<Self> {
+        Ok(response)
+    }
+}
+
+/// An answer's status and headers as a plain list, written as an HTTP/1.1 head.
+pub struct WireHead {
+    status: http::StatusCode,
+    headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+}
+
+impl WireHead {
+    /// The status line and headers, and the blank line ending them.
+    pub fn write_to(&self, wire: &mut BytesMut, extra: &[(&str, &[u8])]) {
+        wire.put_slice(b"HTTP/1.1 ");
+        wire.put_slice(self.status.as_str().as_bytes());
+        wire.put_u8(b' ');
+        wire.put_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        wire.put_slice(b"\r\n");
+        let extra = extra.iter().map(|(name, value)| (*name, *value));
+        let own = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_bytes()));
+        for (name, value) in own.chain(extra) {
+            wire.put_slice(name.as_bytes());
+            wire.put_slice(b": ");
+            wire.put_slice(value);
+            wire.put_slice(b"\r\n");
+        }
+        wire.put_slice(b"\r\n");
+    }
+}
+
+impl AnswerHead for WireHead {
+    fn with_status(status: u16) -> Result<Self> {
+        let status = http::StatusCode::from_u16(status)
+            .map_err(|_| Error::explain(ErrorType::InternalError, "an answer's status"))?;
+        Ok(WireHead {
+            status,
+            headers: Vec::with_capacity(8),
+        })
+    }
+    fn status_code(&self) -> u16 {
+        self.status.as_u16()
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(own, _)| own.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_ref())
+    }
+    fn set(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
+        match self
+            .headers
+            .iter_mut()
+            .find(|(own, _)| own.eq_ignore_ascii_case(name))
+        {
+            Some((_, own)) => *own = value,
+            None => self.headers.push((Cow::Borrowed(name), value)),
+        }
+        Ok(())
+    }
+    fn append(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
+        self.headers.push((Cow::Borrowed(name), value));
+        Ok(())
+    }
+    fn from_response(response: ResponseHeader) -> Result<Self> {
+        let mut head = WireHead::with_status(response.status.as_u16())?;
+        for (name, value) in response.headers.iter() {
+            let value = value
+                .to_str()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "an answer header that is not text"))?;
+            head.headers.push((
+                Cow::Owned(name.as_str().to_string()),
+                Cow::Owned(value.to_string()),
+            ));
+        }
+        Ok(head)
+    }
+}
+
+/// Today's `Date` value (RFC 9110 §6.6.1), formatted once a second per thread.
+pub fn with_http_date<T>(use_date: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(formatted_at, date)| {
+        if *formatted_at != second || date.is_empty() {
+            *date = httpdate::fmt_http_date(now);
+            *formatted_at = second;
+        }
+        use_date(date)
+    })
+}
+
 /// Sets the `Content-Length` of a complete response; whether its body is to be sent (not
 /// for `HEAD`, `204` and `304`, nor an empty one).
-pub fn prepare_response(response: &mut ResponseHeader, body: &Bytes, head: bool) -> Result<bool> {
-    let status = response.status.as_u16();
+pub fn prepare_response<H: AnswerHead>(response: &mut H, body: &Bytes, head: bool) -> Result<bool> {
+    let status = response.status_code();
     let no_body = head || status == 304 || status == 204;
     // A 204 carries no Content-Length at all, and a 304 may carry one only if it equals the
     // length a 200 would have (RFC 9110 §8.6), which this answer does not know.
     if status != 204 && status != 304 {
-        response.insert_header("Content-Length", body.len())?;
+        response.set("Content-Length", Cow::Owned(body.len().to_string()))?;
     }
     Ok(!no_body && !body.is_empty())
 }
@@ -51,12 +184,8 @@ pub async fn respond(session: &mut Session, mut response: ResponseHeader, body: 
 /// Marks a response as for this user only (RFC 9111 §5.2.2.7), keeping its other
 /// directives: one authenticated by a cookie or a query token is otherwise storable by a
 /// shared cache (only `Authorization` keeps them out, RFC 9111 §3.5).
-pub fn make_private(response: &mut ResponseHeader) -> Result<()> {
-    let current = response
-        .headers
-        .get("cache-control")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string);
+pub fn make_private<H: AnswerHead>(response: &mut H) -> Result<()> {
+    let current = response.get("cache-control").map(str::to_string);
     let value = match current {
         None => "private".to_string(),
         Some(value)
@@ -68,8 +197,7 @@ pub fn make_private(response: &mut ResponseHeader) -> Result<()> {
         }
         Some(value) => format!("private, {value}"),
     };
-    response.insert_header("Cache-Control", value)?;
-    Ok(())
+    response.set("Cache-Control", Cow::Owned(value))
 }
 
 /// A plain-text error or refusal that says why.
@@ -114,25 +242,28 @@ pub fn sse_resume(request: &RequestHeader) -> Resume {
     }
 }
 
-/// `"<cursor>"`, the ETag of a topic's state at `cursor`.
-pub fn etag(cursor: Cursor) -> String {
-    format!("\"{cursor}\"")
-}
-
 /// The polling transports' cursor: `?cursor=` first, else `If-None-Match` (its first entity
 /// tag; `*` means none). A token that does not parse is a client error.
 pub fn poll_cursor(request: &RequestHeader) -> std::result::Result<Option<Cursor>, String> {
-    let token = match query_param(request, "cursor") {
-        Some(token) => token.into_owned(),
-        None => match header(request, "if-none-match") {
-            None => return Ok(None),
-            Some(list) => list.split(',').next().unwrap_or("").trim().to_string(),
-        },
-    };
+    match query_param(request, "cursor") {
+        Some(token) => cursor_token(&token),
+        None => if_none_match_cursor(header(request, "if-none-match")),
+    }
+}
+
+/// The cursor an `If-None-Match` value names (its first entity tag), as [`poll_cursor`] reads it.
+pub fn if_none_match_cursor(value: Option<&str>) -> std::result::Result<Option<Cursor>, String> {
+    match value {
+        None => Ok(None),
+        Some(list) => cursor_token(list.split(',').next().unwrap_or("").trim()),
+    }
+}
+
+fn cursor_token(token: &str) -> std::result::Result<Option<Cursor>, String> {
     if token.is_empty() || token == "*" {
         return Ok(None);
     }
-    parse_cursor_token(&token).map(Some).ok_or_else(|| {
+    parse_cursor_token(token).map(Some).ok_or_else(|| {
         format!("malformed cursor {token:?}: send back an ETag or cursor this server gave you")
     })
 }
@@ -164,18 +295,21 @@ pub fn requested_wait(
     }
 }
 
-/// Headers every polling answer carries.
-fn polling_headers(response: &mut ResponseHeader, cursor: Cursor, mode: Mode) -> Result<()> {
-    response.insert_header("ETag", etag(cursor))?;
-    response.insert_header("Cache-Control", "no-cache")?;
-    response.insert_header(
+/// Headers every polling answer carries; `cursor` as its text.
+fn polling_headers<H: AnswerHead>(response: &mut H, cursor: &str, mode: Mode) -> Result<()> {
+    let mut etag = String::with_capacity(cursor.len() + 2);
+    etag.push('"');
+    etag.push_str(cursor);
+    etag.push('"');
+    response.set("ETag", Cow::Owned(etag))?;
+    response.set("Cache-Control", Cow::Borrowed("no-cache"))?;
+    response.set(
         "X-Sidestream-Mode",
-        match mode {
+        Cow::Borrowed(match mode {
             Mode::State => "state",
             Mode::Events => "events",
-        },
-    )?;
-    Ok(())
+        }),
+    )
 }
 
 /// `200` with a state: the backend's own body and content type, the cursor as ETag, and
@@ -189,7 +323,7 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
             .as_deref()
             .unwrap_or("application/octet-stream"),
     )?;
-    polling_headers(&mut response, message.cursor, Mode::State)?;
+    polling_headers(&mut response, &message.cursor.text(), Mode::State)?;
     if let Some(last_success) = topic.upstream_health().last_success {
         response.insert_header(
             "Age",
@@ -206,45 +340,81 @@ pub fn state_response(topic: &Topic, message: &Message) -> Result<(ResponseHeade
 /// `200` with an event batch: `{"cursor","messages":[{"id","event","data"}],"reset"}` (and
 /// `"skipped"` after a gap), built
 /// from each message's JSON entry (encoded once per message).
-pub fn batch_response(
+pub fn batch_response<H: AnswerHead>(
     mode: Mode,
     cursor: Cursor,
     messages: &[Arc<Message>],
     reset: bool,
     skipped: u64,
-) -> Result<(ResponseHeader, Bytes)> {
+) -> Result<(H, Bytes)> {
     let entries: Vec<Bytes> = messages.iter().map(|m| super::wire::json::entry(m)).collect();
     let size: usize = entries.iter().map(|entry| entry.len() + 1).sum();
+    let cursor = cursor.text();
     let mut body = BytesMut::with_capacity(size + 64);
-    body.put_slice(format!("{{\"cursor\":\"{cursor}\",\"messages\":[").as_bytes());
+    body.put_slice(b"{\"cursor\":\"");
+    body.put_slice(cursor.as_bytes());
+    body.put_slice(b"\",\"messages\":[");
     for (index, entry) in entries.iter().enumerate() {
         if index > 0 {
             body.put_u8(b',');
         }
         body.put_slice(entry);
     }
-    body.put_slice(format!("],\"reset\":{reset}").as_bytes());
+    body.put_slice(if reset {
+        b"],\"reset\":true"
+    } else {
+        b"],\"reset\":false"
+    });
     if skipped > 0 {
         // Messages the `drop_oldest` policy dropped before these, and history no longer has.
         body.put_slice(format!(",\"skipped\":{skipped}").as_bytes());
     }
     body.put_u8(b'}');
-    let mut response = ResponseHeader::build(200, Some(5))?;
-    response.insert_header("Content-Type", "application/json")?;
-    polling_headers(&mut response, cursor, mode)?;
+    let mut response = H::with_status(200)?;
+    response.set("Content-Type", Cow::Borrowed("application/json"))?;
+    polling_headers(&mut response, &cursor, mode)?;
     Ok((response, body.freeze()))
 }
 
 /// `304`: nothing newer than `cursor`.
-pub fn not_modified(cursor: Cursor, mode: Mode) -> Result<ResponseHeader> {
-    let mut response = ResponseHeader::build(304, Some(4))?;
-    polling_headers(&mut response, cursor, mode)?;
+pub fn not_modified<H: AnswerHead>(cursor: Cursor, mode: Mode) -> Result<H> {
+    let mut response = H::with_status(304)?;
+    polling_headers(&mut response, &cursor.text(), mode)?;
     Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wire_head_is_the_head_a_response_header_writes() {
+        let messages = [];
+        let (mut wire, body): (WireHead, Bytes) =
+            batch_response(Mode::Events, Cursor::test(7), &messages, true, 0).expect("a batch");
+        let (mut header, same_body): (ResponseHeader, Bytes) =
+            batch_response(Mode::Events, Cursor::test(7), &messages, true, 0).expect("a batch");
+        assert_eq!(body, same_body);
+        assert_eq!(
+            &body[..],
+            b"{\"cursor\":\"1000000-7\",\"messages\":[],\"reset\":true}"
+        );
+        make_private(&mut wire).expect("private");
+        make_private(&mut header).expect("private");
+        assert!(prepare_response(&mut wire, &body, false).expect("length"));
+        assert!(prepare_response(&mut header, &body, false).expect("length"));
+        let mut written = BytesMut::new();
+        wire.write_to(&mut written, &[("Connection", b"close")]);
+        let mut expected = BytesMut::new();
+        expected.put_slice(b"HTTP/1.1 200 OK\r\n");
+        header.header_to_h1_wire(&mut expected);
+        expected.put_slice(b"Connection: close\r\n\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&written).to_ascii_lowercase(),
+            String::from_utf8_lossy(&expected).to_ascii_lowercase()
+        );
+        assert_eq!(wire.get("cache-control"), Some("private, no-cache"));
+    }
 
     #[test]
     fn cursor_tokens_may_be_quoted_or_weak() {

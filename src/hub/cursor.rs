@@ -33,26 +33,58 @@ impl Epoch {
     }
 }
 
+impl Epoch {
+    /// Writes the base-36 digits right-aligned before `end`; where they start.
+    fn write_digits(self, out: &mut [u8], end: usize) -> usize {
+        write_digits(self.0, 36, out, end)
+    }
+}
+
+/// `value`'s digits in `radix` (10 or 36, lowercase), right-aligned before `end` in `out`;
+/// where they start.
+fn write_digits(mut value: u64, radix: u64, out: &mut [u8], end: usize) -> usize {
+    let mut start = end;
+    loop {
+        start -= 1;
+        let digit = (value % radix) as u8;
+        out[start] = if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        };
+        value /= radix;
+        if value == 0 {
+            return start;
+        }
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut digits = [0u8; 13];
-        let mut value = self.0;
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            let digit = (value % 36) as u8;
-            digits[start] = if digit < 10 {
-                b'0' + digit
-            } else {
-                b'a' + digit - 10
-            };
-            value /= 36;
-            if value == 0 {
-                break;
-            }
-        }
-        // Only ASCII digits and letters were written above.
+        let mut digits = [0u8; EPOCH_DIGITS];
+        let start = self.write_digits(&mut digits, EPOCH_DIGITS);
+        // Only ASCII digits and letters were written.
         f.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// A `u64` in base 36 has at most 13 digits, in base 10 at most 20.
+const EPOCH_DIGITS: usize = 13;
+const CURSOR_TEXT_BYTES: usize = EPOCH_DIGITS + 1 + 20;
+
+/// A cursor's text, made without the formatting machinery or an allocation: every polling
+/// answer writes its cursor twice (the `ETag` and the body).
+pub struct CursorText {
+    bytes: [u8; CURSOR_TEXT_BYTES],
+    start: usize,
+}
+
+impl std::ops::Deref for CursorText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII digits, letters and '-' are written (`Cursor::text`).
+        std::str::from_utf8(&self.bytes[self.start..]).unwrap_or_default()
     }
 }
 
@@ -63,9 +95,20 @@ pub struct Cursor {
     pub seq: u64,
 }
 
+impl Cursor {
+    /// `{epoch}-{seq}`, as `Display` writes it.
+    pub fn text(&self) -> CursorText {
+        let mut bytes = [0u8; CURSOR_TEXT_BYTES];
+        let seq_start = write_digits(self.seq, 10, &mut bytes, CURSOR_TEXT_BYTES);
+        bytes[seq_start - 1] = b'-';
+        let start = self.epoch.write_digits(&mut bytes, seq_start - 1);
+        CursorText { bytes, start }
+    }
+}
+
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.epoch, self.seq)
+        f.write_str(&self.text())
     }
 }
 
@@ -118,9 +161,21 @@ mod tests {
             };
             let text = cursor.to_string();
             assert_eq!(text.parse::<Cursor>(), Ok(cursor), "{text}");
+            assert_eq!(text, format!("{}-{}", cursor.epoch, cursor.seq));
+            assert_eq!(&*cursor.text(), text);
         }
         let epoch_text = Epoch::random().to_string();
         assert_eq!(epoch_text.len(), 7);
+        let widest = Cursor {
+            epoch: Epoch(u64::MAX),
+            seq: u64::MAX,
+        };
+        assert_eq!(&*widest.text(), "3w5e11264sgsf-18446744073709551615");
+        let smallest = Cursor {
+            epoch: Epoch(0),
+            seq: 0,
+        };
+        assert_eq!(smallest.to_string(), "0-0");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::sync::OnceLock;
 
+use super::Topic;
+
 /// Receives the hub's events. Every method has an empty default, so an observer implements
 /// what it records. Calls are made on hot paths: they must not block.
 pub trait HubEvents: Send + Sync {
@@ -11,7 +13,7 @@ pub trait HubEvents: Send + Sync {
     /// `dropped` messages and disconnected `disconnected` subscribers to make room.
     fn published(&self, _topic: &str, _policy: &'static str, _dropped: u64, _disconnected: u64) {}
     /// A subscriber resumed from a cursor: `outcome` is `replayed` or `reset`.
-    fn resumed(&self, _topic: &str, _outcome: &'static str) {}
+    fn resumed(&self, _topic: &Topic, _outcome: &'static str) {}
     /// A JSON Patch was computed for `topic` (`kind`: `publish`, once per message, or
     /// `resume`, once per resuming client): `patch_bytes` against a `document_bytes` state
     /// (not smaller: the full state goes instead).

@@ -14,7 +14,7 @@ pub mod subscriber;
 pub mod topic;
 pub mod topic_key;
 
-pub use cursor::{Cursor, CursorParseError, Epoch};
+pub use cursor::{Cursor, CursorParseError, CursorText, Epoch};
 pub use delta::{Delta, DeltaCursor, DeltaStep};
 pub use events::HubEvents;
 pub use history::HistoryLimits;

@@ -307,6 +307,10 @@ impl Topic {
     /// Waits until the history is synced with the shared log, at most `max`: past it the
     /// request is served from what is here (a slow Redis must not hold clients forever).
     pub async fn wait_synced(&self, max: Duration) -> bool {
+        // Nearly always so: no receiver, no timer (a long poll asks on every request).
+        if *self.synced.borrow() {
+            return true;
+        }
         let mut synced = self.synced.subscribe();
         tokio::time::timeout(max, synced.wait_for(|synced| *synced))
             .await
@@ -365,7 +369,7 @@ impl Topic {
         if resume != Resume::Latest {
             let outcome = if reset.is_some() { "reset" } else { "replayed" };
             if let Some(observer) = super::events::observer() {
-                observer.resumed(&self.key.name, outcome);
+                observer.resumed(self, outcome);
             }
         }
         let start = state.history.cursor();
