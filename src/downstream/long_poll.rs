@@ -274,8 +274,15 @@ impl Detached {
                     outcome
                 }
             };
-            // Boxed: the write is a larger future than the wait, and only the wait is held.
-            match Box::pin(self.answer(&answer, outcome)).await {
+            // Built before the write, so that the write's future (held while the socket is
+            // full) is small.
+            let written = match self.answer_wire(&answer, outcome) {
+                // The client is gone: dropping the socket closes it.
+                Ok(None) => return,
+                Ok(Some(wire)) => self.write(wire).await,
+                Err(error) => Err(error),
+            };
+            match written {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
@@ -319,10 +326,10 @@ impl Detached {
     }
 
     /// Writes the answer; `Ok(true)` when the connection stays open for a next request.
-    async fn answer(&mut self, answer: &Answer, outcome: Outcome) -> Result<bool> {
+    /// The answer's bytes, or `None` when the client is gone (nothing to write).
+    fn answer_wire(&mut self, answer: &Answer, outcome: Outcome) -> Result<Option<BytesMut>> {
         let Some((mut response, body)) = answer.build::<WireHead>(outcome)? else {
-            // The client is gone: dropping the socket closes it.
-            return Ok(false);
+            return Ok(None);
         };
         std::mem::take(&mut self.cors).apply(&mut response)?;
         let send_body = prepare_response(&mut response, &body, self.head)?;
@@ -338,6 +345,12 @@ impl Detached {
         if send_body {
             wire.put_slice(&body);
         }
+        Ok(Some(wire))
+    }
+
+    /// Writes an answer; `Ok(true)` when the connection stays open for a next request.
+    async fn write(&mut self, wire: BytesMut) -> Result<bool> {
+        let keep_alive = self.keep_alive_after;
         let stream = &mut self.stream;
         let write = async {
             stream.write_all(&wire).await?;

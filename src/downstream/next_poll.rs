@@ -30,9 +30,9 @@ use super::per_ip::PerIp;
 use super::request_head::{read_head, Head};
 use super::request_header_bytes;
 use super::response::if_none_match_cursor;
-use super::router::{choose_transport, forwarded_headers, header, query_param, Router, TopicTable};
+use super::router::{choose_transport, forwarded_headers, header, query_param, TopicTable};
 use crate::config::{CorsSettings, Limits, Transport};
-use crate::hub::{Cursor, Registry, Topic, TopicKey};
+use crate::hub::{Cursor, Registry, Topic};
 use crate::metrics::METRICS;
 
 /// What the lane needs of the proxy: routing, the instances, the per-IP long-poll cap, the
@@ -81,8 +81,11 @@ pub struct LaneState {
 /// `wait`, delta format, forwarded headers and CORS read nothing else.
 struct Repeat {
     shape: HeadShape,
-    router: Arc<Router>,
-    key: TopicKey,
+    /// The routing table's generation it was routed under.
+    generation: u64,
+    /// The instance it chose, while the registry holds it (an instance leaves the registry
+    /// only closed).
+    topic: Arc<Topic>,
     wait: Duration,
     deltas: bool,
     /// The cursor the target names (`?cursor=`), which `If-None-Match` does not override.
@@ -223,6 +226,8 @@ impl PollLane {
             return None;
         }
         let path = CanonicalPath::parse(request.uri.path()).ok()?;
+        // Read before the table: a replacement in between makes the repeat route anew.
+        let generation = self.topics.generation();
         let router = self.topics.current();
         let route = router.route(&path)?;
         let spec = route.spec;
@@ -244,8 +249,8 @@ impl PollLane {
         let write_timeout = spec.write_timeout;
         let repeat = shape.map(|shape| Repeat {
             shape,
-            router: Arc::clone(&router),
-            key,
+            generation,
+            topic: Arc::clone(&topic),
             wait: poll.wait,
             deltas: poll.deltas,
             query_cursor: query_param(request, "cursor").is_some().then_some(poll.cursor),
@@ -269,11 +274,12 @@ impl PollLane {
         ip: Option<IpAddr>,
     ) -> Option<NextPoll> {
         if header_bytes > self.limits.max_request_header_bytes
-            || !Arc::ptr_eq(&repeat.router, &self.topics.current())
+            || repeat.generation != self.topics.generation()
+            || repeat.topic.is_closed()
         {
             return None;
         }
-        let topic = self.registry.get(&repeat.key)?;
+        let topic = Arc::clone(&repeat.topic);
         let ticket = self.ticket(ip)?;
         if repeat.origin_refused {
             METRICS.origin_refusals.inc();

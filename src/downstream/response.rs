@@ -12,7 +12,7 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::router::{header, query_param};
-use crate::hub::{Cursor, Message, Mode, Resume, Topic};
+use crate::hub::{Cursor, CursorText, Message, Mode, Resume, Topic};
 
 /// Takes the client connection out of pingora, leaving a closed placeholder so that
 /// pingora's end-of-request bookkeeping finds nothing to flush or reuse. Dropping what is
@@ -296,10 +296,10 @@ pub fn requested_wait(
 }
 
 /// Headers every polling answer carries; `cursor` as its text.
-fn polling_headers<H: AnswerHead>(response: &mut H, cursor: &str, mode: Mode) -> Result<()> {
-    let mut etag = String::with_capacity(cursor.len() + 2);
+fn polling_headers<H: AnswerHead>(response: &mut H, cursor: &CursorText, mode: Mode) -> Result<()> {
+    let mut etag = String::with_capacity(cursor.as_bytes().len() + 2);
     etag.push('"');
-    etag.push_str(cursor);
+    cursor.push_to(&mut etag);
     etag.push('"');
     response.set("ETag", Cow::Owned(etag))?;
     response.set("Cache-Control", Cow::Borrowed("no-cache"))?;

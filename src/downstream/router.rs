@@ -26,6 +26,8 @@ pub struct Router {
 /// started with.
 pub struct TopicTable {
     current: std::sync::RwLock<Arc<Router>>,
+    /// Counts replacements: a decision made under one table is known stale without a lock.
+    generation: std::sync::atomic::AtomicU64,
     /// `upstream.base_url`'s path (changes only with a restart): shielded paths are below it.
     path_prefix: String,
 }
@@ -34,8 +36,14 @@ impl TopicTable {
     pub fn new(topics: Vec<TopicSpec>, path_prefix: &str) -> Self {
         TopicTable {
             current: std::sync::RwLock::new(Arc::new(Router::new(topics, path_prefix))),
+            generation: std::sync::atomic::AtomicU64::new(0),
             path_prefix: path_prefix.to_string(),
         }
+    }
+
+    /// Which table is current: changes with every [`TopicTable::replace`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn current(&self) -> Arc<Router> {
@@ -51,6 +59,8 @@ impl TopicTable {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = router;
+        // After the swap: a reader that sees the new generation then reads the new table.
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

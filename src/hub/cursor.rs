@@ -79,6 +79,17 @@ pub struct CursorText {
     start: usize,
 }
 
+impl CursorText {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// Appends the text to `out` (digits, letters and '-' only: no UTF-8 check needed).
+    pub fn push_to(&self, out: &mut String) {
+        out.extend(self.as_bytes().iter().map(|&byte| char::from(byte)));
+    }
+}
+
 impl std::ops::Deref for CursorText {
     type Target = str;
 

@@ -101,7 +101,9 @@ pub struct Published {
 struct TopicState {
     history: History,
     recent_keys: std::collections::VecDeque<(String, Cursor, Instant)>,
-    subscribers: HashMap<u64, Arc<SubscriberQueue>>,
+    /// Keyed by the topic's own counter, so a fast hash (not SipHash, whose resistance to
+    /// chosen keys is not needed here: a long poll inserts and removes one per request).
+    subscribers: HashMap<u64, Arc<SubscriberQueue>, foldhash::fast::RandomState>,
     /// The queues as one list for the fan-out, made again only after the set changed.
     fan_out_list: Option<Arc<[Arc<SubscriberQueue>]>>,
     next_subscriber_id: u64,
@@ -128,6 +130,9 @@ pub struct Topic {
     demand: tokio::sync::watch::Sender<u64>,
     /// An eager instance: kept (and polled on its timer) without any client.
     pinned: std::sync::atomic::AtomicBool,
+    /// Set by [`Topic::close`]: the registry no longer holds this instance (every removal
+    /// closes it), so a request holding it from before must look it up again.
+    closed: std::sync::atomic::AtomicBool,
     /// `false` until a clustered instance has loaded the shared history.
     synced: tokio::sync::watch::Sender<bool>,
     /// The epoch of the shared log the history follows; changes on a restart onto another.
@@ -149,7 +154,7 @@ impl Topic {
             state: Mutex::new(TopicState {
                 history,
                 recent_keys: std::collections::VecDeque::new(),
-                subscribers: HashMap::new(),
+                subscribers: HashMap::default(),
                 fan_out_list: None,
                 next_subscriber_id: 0,
                 last_activity: Instant::now(),
@@ -162,6 +167,7 @@ impl Topic {
             stale: tokio::sync::watch::Sender::new(false),
             demand: tokio::sync::watch::Sender::new(0),
             pinned: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             synced: tokio::sync::watch::Sender::new(true),
             shared_epoch: tokio::sync::watch::Sender::new(None),
         })
@@ -170,6 +176,11 @@ impl Topic {
     /// Follows the stale flag (transports tell their clients when it flips).
     pub fn watch_stale(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stale.subscribe()
+    }
+
+    /// Whether [`Topic::close`] ended this instance (it is out of the registry).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn is_stale(&self) -> bool {
@@ -524,6 +535,7 @@ impl Topic {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        self.closed.store(true, Ordering::Release);
         for queue in state.subscribers.values() {
             queue.close(CloseReason::TopicClosed);
         }
