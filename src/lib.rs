@@ -66,7 +66,9 @@
 //!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`
 //!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
 //!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
-//!   served without pingora).
+//!   served without pingora; a repeat of the last one admitted without routing it again),
+//!   `response.rs` (polling answers, as pingora's `ResponseHeader` or a `WireHead` written to
+//!   the socket).
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
 //!   leases, degraded mode. Only `app` and `admin` (pushes) know it exists.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/publish`, and the live admin page with its

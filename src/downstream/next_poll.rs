@@ -247,7 +247,13 @@ impl PollLane {
             (CorsStamp::default(), false)
         };
         let write_timeout = spec.write_timeout;
-        let repeat = shape.map(|shape| Repeat {
+        // A topic that forwards `If-None-Match` to its backend keys instances by it: no
+        // repeat, whose shape leaves that header out.
+        let forwards_cursor = spec
+            .forward_headers
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case("if-none-match"));
+        let repeat = shape.filter(|_| !forwards_cursor).map(|shape| Repeat {
             shape,
             generation,
             topic: Arc::clone(&topic),

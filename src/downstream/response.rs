@@ -60,10 +60,19 @@ impl AnswerHead for ResponseHeader {
     }
 }
 
-/// An answer's status and headers as a plain list, written as an HTTP/1.1 head.
+/// An answer's status and headers as a plain list, written as an HTTP/1.1 head. Values are
+/// bytes: one taken from a backend (a state's content type) may be any header value, not
+/// only text.
 pub struct WireHead {
     status: http::StatusCode,
-    headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    headers: Vec<(Cow<'static, str>, Cow<'static, [u8]>)>,
+}
+
+fn value_bytes(value: Cow<'static, str>) -> Cow<'static, [u8]> {
+    match value {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
 }
 
 impl WireHead {
@@ -78,7 +87,7 @@ impl WireHead {
         let own = self
             .headers
             .iter()
-            .map(|(name, value)| (name.as_ref(), value.as_bytes()));
+            .map(|(name, value)| (name.as_ref(), value.as_ref()));
         for (name, value) in own.chain(extra) {
             wire.put_slice(name.as_bytes());
             wire.put_slice(b": ");
@@ -105,7 +114,7 @@ impl AnswerHead for WireHead {
         self.headers
             .iter()
             .find(|(own, _)| own.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_ref())
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
     fn set(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
         match self
@@ -113,24 +122,21 @@ impl AnswerHead for WireHead {
             .iter_mut()
             .find(|(own, _)| own.eq_ignore_ascii_case(name))
         {
-            Some((_, own)) => *own = value,
-            None => self.headers.push((Cow::Borrowed(name), value)),
+            Some((_, own)) => *own = value_bytes(value),
+            None => self.headers.push((Cow::Borrowed(name), value_bytes(value))),
         }
         Ok(())
     }
     fn append(&mut self, name: &'static str, value: Cow<'static, str>) -> Result<()> {
-        self.headers.push((Cow::Borrowed(name), value));
+        self.headers.push((Cow::Borrowed(name), value_bytes(value)));
         Ok(())
     }
     fn from_response(response: ResponseHeader) -> Result<Self> {
         let mut head = WireHead::with_status(response.status.as_u16())?;
         for (name, value) in response.headers.iter() {
-            let value = value
-                .to_str()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "an answer header that is not text"))?;
             head.headers.push((
                 Cow::Owned(name.as_str().to_string()),
-                Cow::Owned(value.to_string()),
+                Cow::Owned(value.as_bytes().to_vec()),
             ));
         }
         Ok(head)
@@ -414,6 +420,19 @@ mod tests {
             String::from_utf8_lossy(&expected).to_ascii_lowercase()
         );
         assert_eq!(wire.get("cache-control"), Some("private, no-cache"));
+    }
+
+    #[test]
+    fn a_wire_head_keeps_a_backend_value_that_is_not_text() {
+        let mut response = ResponseHeader::build(200, None).expect("a header");
+        let value = http::HeaderValue::from_bytes(b"text/plain; x=\xe9").expect("obs-text is allowed");
+        response.insert_header("Content-Type", value).expect("set");
+        let wire = WireHead::from_response(response).expect("any header value");
+        let mut written = BytesMut::new();
+        wire.write_to(&mut written, &[]);
+        let expected = b"text/plain; x=\xe9";
+        assert!(written.windows(expected.len()).any(|w| w == expected));
+        assert_eq!(wire.get("content-type"), None, "not text, so not read as text");
     }
 
     #[test]
