@@ -54,6 +54,20 @@ async fn setup() -> Setup {
     }
 }
 
+/// The `200` answer read next on `stream`: its messages' data, and the whole answer.
+async fn answered_at_once(stream: &mut TcpStream) -> (Vec<u64>, Value) {
+    let (status, _, body) = read_response(stream).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let data = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_u64().unwrap())
+        .collect();
+    (data, answer)
+}
+
 impl Setup {
     /// Sends a long poll after `cursor` on `stream`, waits until it is held, makes the
     /// backend change, and returns the answer's data and cursor.
@@ -121,15 +135,7 @@ async fn a_connections_next_polls_are_read_directly_in_order_without_a_gap() {
     // A poll whose cursor is already behind is answered at once, from history.
     let poll = format!("GET /feed?wait=10&cursor={behind} HTTP/1.1\r\nHost: x\r\n\r\n");
     stream.write_all(poll.as_bytes()).await.unwrap();
-    let (status, _, body) = read_response(&mut stream).await;
-    assert_eq!(status, 200, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    let data: Vec<u64> = answer["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_u64().unwrap())
-        .collect();
+    let (data, answer) = answered_at_once(&mut stream).await;
     assert_eq!(data, vec![5, 6]);
     assert_eq!(answer["cursor"].as_str(), Some(cursor.as_str()));
 }
@@ -171,15 +177,7 @@ async fn a_poll_repeated_with_a_new_if_none_match_is_served_in_order() {
     assert_eq!(value, 6);
     let behind = format!("{}-{}", behind.epoch, behind.seq - 1);
     stream.write_all(poll(&behind).as_bytes()).await.unwrap();
-    let (status, _, body) = read_response(&mut stream).await;
-    assert_eq!(status, 200, "{body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    let data: Vec<u64> = answer["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"].as_u64().unwrap())
-        .collect();
+    let (data, _) = answered_at_once(&mut stream).await;
     assert_eq!(data, vec![5, 6]);
 }
 
