@@ -13,8 +13,11 @@
 # RUNS: space-separated KIND:N:M:RATE[:deflate]. PEERS: any of "sidestream nchan pushpin".
 # REPEAT=3: each run that many times, the peers alternating (sidestream, nchan, sidestream,
 # …), so summarize.py's medians are not decided by one noisy moment.
-# The last two default runs offer more than either server sustains (1 000 subscribers ×
-# 1 000 msg/s): their deliveries/s are the delivery ceiling, not the offered rate.
+# Two default runs offer more than either server sustains (1 000 subscribers × 1 000 msg/s):
+# their deliveries/s are the delivery ceiling, not the offered rate. The last one is the
+# connection accept rate: 15 000 SSE subscribers opened by fanbench's connect phase (its
+# `connect_per_s`; storm.sh's accept mode is the same with a Python client, slower than either
+# server).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SHARED=${SIDESTREAM_SHARED:-../shared}
@@ -26,7 +29,7 @@ fi
 OUT=${1:-/tmp/sidestream-compare.jsonl}
 LOGDIR=${LOGDIR:-/tmp/sidestream-compare-logs}
 PEERS=${PEERS:-"sidestream nchan pushpin"}
-RUNS=${RUNS:-"sse:1000:100:10 ws:1000:100:10 longpoll:1000:100:10 sse:10000:100:10 ws:10000:100:10 ws:1000:100:10:deflate sse:1000:2000:200 sse:1000:20000:1000 ws:1000:20000:1000"}
+RUNS=${RUNS:-"sse:1000:100:10 ws:1000:100:10 longpoll:1000:100:10 sse:10000:100:10 ws:10000:100:10 ws:1000:100:10:deflate sse:1000:2000:200 sse:1000:20000:1000 ws:1000:20000:1000 sse:15000:10:10"}
 REPEAT=${REPEAT:-1}
 TOKEN="fanbench-publish-token-0123456789"
 COMMON=(--payload-size 100 --settle-ms 2000 --drain-timeout-ms 30000
