@@ -10,14 +10,25 @@
 //! socket's tail and the connection's task is woken to finish it; until then, and while
 //! another writer on the socket is inside a frame, direct writes are refused and messages
 //! take the queue.
+//!
+//! On a plain TCP connection whose buffers are empty, the direct write is the `send`
+//! itself, on the socket's descriptor: not through the connection wrapper's write buffer
+//! (which would copy the frame into a fresh allocation and then flush it) and pingora's L4
+//! stream (its write-time accounting reads the clock twice), which were together ~8 % of a
+//! 1 000-client WebSocket fan-out's samples. The kernel keeps the byte order: nothing
+//! waits in any buffer above the socket (`unflushed`), and whatever the `send` does not
+//! take becomes the tail, written before anything else.
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
+use nix::errno::Errno;
+use nix::sys::socket::{send, MsgFlags};
 use pingora_core::protocols::Stream;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,6 +52,13 @@ struct SocketState {
     flush_owed: bool,
     /// Another writer on this socket (the WebSocket crate) has written part of a frame.
     foreign_mid_frame: bool,
+    /// The connection's task (or pingora, before the hand-off) may have left bytes in a
+    /// buffer above the socket: until a flush has emptied them, a `send` on the descriptor
+    /// could overtake them.
+    unflushed: bool,
+    /// The TCP socket under `stream`, when it is one that a plain `send` may write (not
+    /// TLS, not a test's in-memory stream).
+    raw_fd: Option<RawFd>,
     last_direct_write: Option<Instant>,
 }
 
@@ -57,12 +75,18 @@ pub enum TryWrite {
 
 impl Socket {
     pub fn new(stream: Stream) -> Arc<Self> {
+        // Only pingora's listener gives a stream a socket digest (from the accepted socket's
+        // descriptor, which is also its `id`); a TLS stream's bytes must go through TLS.
+        let raw_fd =
+            (stream.get_ssl().is_none() && stream.get_socket_digest().is_some()).then(|| stream.id());
         Arc::new(Socket {
             state: Mutex::new(SocketState {
                 stream,
                 tail: Bytes::new(),
                 flush_owed: false,
                 foreign_mid_frame: false,
+                unflushed: true,
+                raw_fd,
                 last_direct_write: None,
             }),
             unfinished: Notify::new(),
@@ -94,6 +118,20 @@ impl Socket {
         if !state.tail.is_empty() || state.flush_owed || state.foreign_mid_frame {
             return TryWrite::Refused;
         }
+        if let (Some(fd), false) = (state.raw_fd, state.unflushed) {
+            let written = send_now(fd, bytes);
+            if written == 0 {
+                return TryWrite::Refused;
+            }
+            state.last_direct_write = Some(Instant::now());
+            if written == bytes.len() {
+                return TryWrite::Done;
+            }
+            state.tail = bytes.slice(written..);
+            drop(state);
+            self.unfinished.notify_one();
+            return TryWrite::Started;
+        }
         // `cx` wakes nobody: when the socket would block, the connection's task is told
         // (`unfinished`) and polls with its own waker.
         let mut written = 0;
@@ -112,6 +150,8 @@ impl Socket {
             state.tail = bytes.slice(written..);
         } else if Pin::new(&mut state.stream).poll_flush(cx).is_ready() {
             // Flushed, or failed: a failure shows on the connection's next read or write.
+            // Either way nothing waits above the socket any more.
+            state.unflushed = false;
             return TryWrite::Done;
         } else {
             state.flush_owed = true;
@@ -147,6 +187,7 @@ impl Socket {
     ) -> Poll<io::Result<usize>> {
         let mut state = self.lock();
         ready!(state.poll_tail(cx))?;
+        state.unflushed = true;
         let written = poll_write_through(&mut state.stream, cx, buf);
         if let Poll::Ready(Ok(count)) = written {
             state.foreign_mid_frame = observe(&buf[..count]);
@@ -157,6 +198,7 @@ impl Socket {
     fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut state = self.lock();
         ready!(state.poll_tail(cx))?;
+        state.unflushed = true;
         poll_write_through(&mut state.stream, cx, buf)
     }
 
@@ -165,6 +207,7 @@ impl Socket {
         ready!(state.poll_tail(cx))?;
         ready!(Pin::new(&mut state.stream).poll_flush(cx))?;
         state.flush_owed = false;
+        state.unflushed = false;
         Poll::Ready(Ok(()))
     }
 
@@ -197,6 +240,27 @@ impl DirectWriter {
         self.topic.stats().wrote(frame.len());
         true
     }
+}
+
+/// Hands `bytes` to the kernel without waiting, on the descriptor itself; returns how many
+/// it took (0: would block, failed or closed — the connection's task finds out which on its
+/// next read or write, through tokio, whose readiness this never changes).
+fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
+    let mut written = 0;
+    while written < bytes.len() {
+        // MSG_NOSIGNAL: a client gone away is an `EPIPE` here, not a signal.
+        match send(
+            fd,
+            &bytes[written..],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    written
 }
 
 /// A plain write (a `send`): a vectored one would be a `writev`, which costs more in the
@@ -251,5 +315,133 @@ impl AsyncWrite for SocketHandle {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::header_budget::{HeaderBudget, HeaderLimited};
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A loopback connection as the server sees it after the hand-off (pingora's L4 stream
+    /// with its socket digest, inside sidestream's wrapper with its 1 460-byte write
+    /// buffer), and the client's end.
+    async fn connection() -> (Arc<Socket>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let digest = SocketDigest::from_raw_fd(accepted.as_raw_fd());
+        let mut l4 = pingora_core::protocols::l4::stream::Stream::from(accepted);
+        l4.set_socket_digest(digest);
+        let budget = HeaderBudget::new(8192);
+        budget.mark_complete();
+        (
+            Socket::new(HeaderLimited::wrap(Box::new(l4), budget, 1460)),
+            client,
+        )
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the bytes arrive")
+            .expect("read");
+        got
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_never_overtakes_bytes_the_connection_left_unflushed() {
+        let (socket, mut client) = connection().await;
+        let mut handle = SocketHandle(socket.clone());
+        handle.write_all(b"first;").await.expect("write");
+        handle.flush().await.expect("flush");
+        // Now in the wrapper's write buffer, not yet in the kernel.
+        handle.write_all(b"second;").await.expect("write");
+        assert_ne!(
+            socket.try_write_now(&Bytes::from_static(b"third;")),
+            TryWrite::Refused
+        );
+        handle.flush().await.expect("flush");
+        assert_eq!(read_exactly(&mut client, 19).await, b"first;second;third;");
+        // Flushed: the next direct write is the `send` itself, still in order.
+        assert_eq!(
+            socket.try_write_now(&Bytes::from_static(b"fourth;")),
+            TryWrite::Done
+        );
+        handle.write_all(b"fifth;").await.expect("write");
+        handle.flush().await.expect("flush");
+        assert_eq!(read_exactly(&mut client, 13).await, b"fourth;fifth;");
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_did_not_take_is_written_first_by_the_connection() {
+        let (socket, mut client) = connection().await;
+        let mut handle = SocketHandle(socket.clone());
+        handle.flush().await.expect("flush");
+        // The client reads nothing until the kernel's buffers are full: direct writes are
+        // taken whole, then one in part (its tail kept), then refused.
+        let frame: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let frame = Bytes::from(frame);
+        let mut accepted = 0;
+        let mut outcomes = Vec::new();
+        for _ in 0..1000 {
+            let outcome = socket.try_write_now(&frame);
+            if outcome == TryWrite::Refused {
+                break;
+            }
+            accepted += 1;
+            outcomes.push(outcome);
+        }
+        assert!(accepted < 1000, "a socket nobody reads fills up");
+        assert_eq!(
+            outcomes.last(),
+            Some(&TryWrite::Started),
+            "the last one went in part"
+        );
+        assert_eq!(
+            socket.try_write_now(&frame),
+            TryWrite::Refused,
+            "nothing more while a tail waits"
+        );
+        let reader = tokio::spawn(async move { read_exactly(&mut client, accepted * frame.len() + 4).await });
+        // The connection's task finishes the tail before its own bytes.
+        handle.write_all(b"end;").await.expect("write");
+        handle.flush().await.expect("flush");
+        let got = reader.await.expect("reader");
+        let frame: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        for (index, chunk) in got[..accepted * frame.len()].chunks(frame.len()).enumerate() {
+            assert!(
+                chunk == frame.as_slice(),
+                "frame {index} arrived whole and in order"
+            );
+        }
+        assert_eq!(&got[accepted * frame.len()..], b"end;");
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_socket_digest_is_written_through_its_layers() {
+        // Only pingora's listener sets the digest; a stream built any other way may not be
+        // a socket at all (its `id` need not be a descriptor).
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let socket = Socket::new(Box::new(pingora_core::protocols::l4::stream::Stream::from(
+            accepted,
+        )));
+        assert_eq!(socket.lock().raw_fd, None);
+        assert_eq!(
+            socket.try_write_now(&Bytes::from_static(b"layered;")),
+            TryWrite::Done
+        );
+        assert_eq!(read_exactly(&mut client, 8).await, b"layered;");
     }
 }
