@@ -147,7 +147,7 @@ impl Connection {
         })
     }
 
-    pub async fn run(mut self, shutdown: &CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let _connected = match &self.feed {
             Feed::Topic { subscribed, .. } => {
                 Some(SubscriberGauge::new(subscribed.subscription.topic(), "websocket"))

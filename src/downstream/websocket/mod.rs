@@ -13,6 +13,7 @@ mod io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -175,14 +176,14 @@ pub async fn serve(
     };
     // The connection lives on in a task of its own, as SSE streams do: pingora's request
     // state is released, and the task keeps the drain waiting and the connection counted.
-    let shutdown = shutdown.clone();
+    // The guards ride on the run future (`map`) rather than in an async block around it: a
+    // block that owned the created future and awaited it would hold it twice (the task was
+    // 6.7 KiB that way, where the future is 3.3 KiB).
     let ticket = super::connection_limit::hold_connection();
-    let task = async move {
-        let _in_flight = in_flight;
-        let _ticket = ticket;
-        connection.run(&shutdown).await;
-    };
-    tokio::spawn(task);
+    tokio::spawn(connection.run(shutdown.clone()).map(move |()| {
+        drop(in_flight);
+        drop(ticket);
+    }));
     Ok(())
 }
 
