@@ -75,10 +75,7 @@ pub enum TryWrite {
 
 impl Socket {
     pub fn new(stream: Stream) -> Arc<Self> {
-        // Only pingora's listener gives a stream a socket digest (from the accepted socket's
-        // descriptor, which is also its `id`); a TLS stream's bytes must go through TLS.
-        let raw_fd =
-            (stream.get_ssl().is_none() && stream.get_socket_digest().is_some()).then(|| stream.id());
+        let raw_fd = plain_tcp_fd(&stream);
         Arc::new(Socket {
             state: Mutex::new(SocketState {
                 stream,
@@ -239,6 +236,34 @@ impl DirectWriter {
         self.bytes_written.inc_by(frame.len() as u64);
         self.topic.stats().wrote(frame.len());
         true
+    }
+}
+
+/// The descriptor a plain `send` may write `stream`'s bytes to: only pingora's listener gives
+/// a stream a socket digest (from the accepted socket's descriptor, which is also its `id`),
+/// so a stream built any other way (a test's) has none; a TLS stream's bytes must go
+/// through TLS.
+fn plain_tcp_fd(stream: &Stream) -> Option<RawFd> {
+    (stream.get_ssl().is_none() && stream.get_socket_digest().is_some()).then(|| stream.id())
+}
+
+/// Writes what it can of `bytes` with the `send` itself when `stream` is a plain TCP
+/// connection with nothing waiting in a buffer above the socket, and returns how many bytes
+/// the kernel took; 0 when it is not such a stream, or would block, or failed: the caller
+/// writes the rest through the stream as usual (which also finds out which). A long-poll
+/// answer is written this way: no copy into the wrapper's write buffer, no write timer
+/// armed when the socket takes it all, as it almost always does.
+pub fn send_if_flushed(stream: &mut Stream, bytes: &[u8]) -> usize {
+    let Some(fd) = plain_tcp_fd(stream) else {
+        return 0;
+    };
+    // With nothing buffered a flush is complete at once, without a syscall; anything else
+    // means bytes wait above the socket, and a `send` would overtake them. The no-op waker
+    // is harmless: this task is not waiting on the socket, and its own write, next, polls
+    // with its own waker.
+    match Pin::new(&mut *stream).poll_flush(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => send_now(fd, bytes),
+        _ => 0,
     }
 }
 
@@ -426,6 +451,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_is_sent_directly_only_after_what_waits_above_the_socket() {
+        let (socket, mut client) = connection().await;
+        let Ok(state) = Arc::try_unwrap(socket).map(|socket| socket.state.into_inner()) else {
+            panic!("the socket is not shared yet");
+        };
+        let mut stream = state.unwrap_or_else(PoisonError::into_inner).stream;
+        let mut expected = Vec::new();
+        assert_eq!(send_if_flushed(&mut stream, b"one;"), 4);
+        expected.extend_from_slice(b"one;");
+        // Buffered in the wrapper: the flush sends it before the answer.
+        stream.write_all(b"two;").await.expect("write");
+        assert_eq!(send_if_flushed(&mut stream, b"three;"), 6);
+        expected.extend_from_slice(b"two;three;");
+        // Fill the socket (the client reads nothing yet) until a send takes only part (the
+        // test leaves the rest of that chunk unsent: what arrives is what was taken).
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut filled = false;
+        for _ in 0..1000 {
+            let sent = send_if_flushed(&mut stream, &chunk);
+            expected.extend_from_slice(&chunk[..sent]);
+            if sent < chunk.len() {
+                filled = true;
+                break;
+            }
+        }
+        assert!(filled, "a socket nobody reads fills up");
+        // Now a write through the stream waits in its buffer, and nothing may be sent past it.
+        stream.write_all(b"five;").await.expect("write");
+        assert_eq!(
+            send_if_flushed(&mut stream, b"six;"),
+            0,
+            "bytes wait above a full socket"
+        );
+        expected.extend_from_slice(b"five;six;");
+        let total = expected.len();
+        let reader = tokio::spawn(async move { read_exactly(&mut client, total).await });
+        stream.write_all(b"six;").await.expect("write");
+        stream.flush().await.expect("flush");
+        assert!(
+            reader.await.expect("reader") == expected,
+            "every byte once, in order"
+        );
+    }
+
+    #[tokio::test]
     async fn a_stream_without_a_socket_digest_is_written_through_its_layers() {
         // Only pingora's listener sets the digest; a stream built any other way may not be
         // a socket at all (its `id` need not be a descriptor).
@@ -438,6 +508,7 @@ mod tests {
             accepted,
         )));
         assert_eq!(socket.lock().raw_fd, None);
+        assert_eq!(send_if_flushed(&mut socket.lock().stream, b"never"), 0);
         assert_eq!(
             socket.try_write_now(&Bytes::from_static(b"layered;")),
             TryWrite::Done

@@ -338,8 +338,12 @@ impl Detached {
     async fn write(&mut self, wire: BytesMut) -> Result<bool> {
         let keep_alive = self.keep_alive_after;
         let stream = &mut self.stream;
+        let sent = super::direct::send_if_flushed(stream, &wire);
+        if sent == wire.len() {
+            return Ok(keep_alive);
+        }
         let write = async {
-            stream.write_all(&wire).await?;
+            stream.write_all(&wire[sent..]).await?;
             stream.flush().await
         };
         match tokio::time::timeout(self.write_timeout, write).await {
