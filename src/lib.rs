@@ -62,7 +62,8 @@
 //!   cache. Knows nothing of HTTP, pingora, metrics or any transport's framing.
 //! - [`downstream`]: the pingora proxy app: router, transports, responses, pass-through;
 //!   `wire/` (every wire encoding: SSE, HTTP chunks, JSON envelopes, WebSocket frames and
-//!   deflate), `direct.rs` (the socket a connection shares with the publishing task),
+//!   deflate), `direct.rs` (the socket a connection shares with the publishing task, and
+//!   the one `send` a direct write or a long-poll answer is),
 //!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`
 //!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
 //!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
