@@ -14,6 +14,7 @@
 # Needs: apt-get install -y valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/benches/lib.sh
 KIND=${1:-longpoll} N=${2:-200} M=${3:-50} RATE=${4:-10}
 SHARED=${SIDESTREAM_SHARED:-../shared}
 OUT_DIR=${OUT_DIR:-/tmp/sidestream-callgrind}
@@ -36,10 +37,7 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind
   "$BIN" --config tests/benches/bench.toml > "$OUT_DIR/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', 8070), 0.2)" 2>/dev/null && break
-  sleep 0.1
-done
+wait_port 8070 600 || true
 url="http://127.0.0.1:8070/bench/{topic}"
 [ "$KIND" = longpoll ] && url+="?wait=60"
 args=(--kind "$KIND" -n "$N" -m "$M" --rate "$RATE" --topic "cg$RANDOM" --label callgrind

@@ -20,6 +20,7 @@
 # server).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. tests/benches/lib.sh
 SHARED=${SIDESTREAM_SHARED:-../shared}
 BENCH="$SHARED/bench"
 if [ ! -d "$BENCH/fanbench" ]; then
@@ -42,11 +43,7 @@ cargo build --release -q --bin sidestream || exit 1
 start_sidestream() {
   RUST_LOG=warn target/release/sidestream --config tests/benches/bench.toml > "$LOGDIR/sidestream.server.log" 2>&1 &
   echo $! > /tmp/anchors/sidestream/server.pids
-  for _ in $(seq 1 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', 8070), 0.2)" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
+  wait_port 8070
 }
 stop_sidestream() {
   local pid; pid=$(cat /tmp/anchors/sidestream/server.pids 2>/dev/null) || return 0

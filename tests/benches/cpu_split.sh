@@ -18,6 +18,7 @@
 # nchan: apt-get install -y nginx-light libnginx-mod-nchan.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. tests/benches/lib.sh
 [ $# -ge 4 ] || { sed -n 2,16p "$0" >&2; exit 64; }
 KIND=$1 N=$2 M=$3 RATE=$4 DEFLATE=${5:-}
 PEER=${PEER:-sidestream}
@@ -47,10 +48,7 @@ case $PEER in
     server=$!
     echo "$server" > /tmp/anchors/sidestream/server.pids
     trap 'kill $server 2>/dev/null' EXIT
-    for _ in $(seq 1 100); do
-      python3 -c "import socket; socket.create_connection(('127.0.0.1', 8070), 0.2)" 2>/dev/null && break
-      sleep 0.1
-    done
+    wait_port 8070 || exit 1
     url="http://127.0.0.1:8070/bench/{topic}"
     [ "$KIND" = longpoll ] && url+="?wait=60"
     args+=(--url "$url" --publish-url "http://127.0.0.1:8071/publish/bench/{topic}"

@@ -7,6 +7,7 @@
 #   CLIENTS=8000 ROUNDS=5 MODES="storm accept" tests/benches/storm.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/benches/lib.sh
 CLIENTS=${CLIENTS:-8000}
 ROUNDS=${ROUNDS:-5}
 MODES=${MODES:-"storm accept"}
@@ -17,10 +18,7 @@ for mode in $MODES; do
   env ${PRELOAD:+LD_PRELOAD=$PRELOAD} RUST_LOG=warn "$BIN" --config tests/benches/bench.toml > /tmp/sidestream-storm.log 2>&1 &
   pid=$!
   trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', 8070), 0.2)" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port 8070 || true
   sleep 1
   python3 tests/benches/storm.py "$mode" --pid "$pid" --clients "$CLIENTS" --rounds "$ROUNDS" || echo "storm.py $mode: rc=$?"
   kill "$pid"; wait "$pid" 2>/dev/null || true
