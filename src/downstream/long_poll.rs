@@ -1,6 +1,7 @@
 //! Long polling: the request is held on a hub subscription plus a timer (no thread, no busy
 //! loop) until something after the client's cursor exists or the wait runs out.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,6 +183,8 @@ impl Answer {
 /// the way back to the keep-alive loop.
 struct Detached {
     stream: Stream,
+    /// The socket's descriptor, when an answer may be one `send` on it.
+    raw_fd: Option<RawFd>,
     /// The keep-alive timeout and reuses left of the session it came from.
     settings: HttpPersistentSettings,
     keep_alive_after: bool,
@@ -216,8 +219,10 @@ impl Detached {
         let ServerSession::H1(http1) = *take_connection(session) else {
             return None;
         };
+        let stream = http1.into_inner();
         Some(Detached {
-            stream: http1.into_inner(),
+            raw_fd: super::direct::plain_tcp_fd(&stream),
+            stream,
             settings,
             keep_alive_after,
             cors,
@@ -338,7 +343,7 @@ impl Detached {
     async fn write(&mut self, wire: BytesMut) -> Result<bool> {
         let keep_alive = self.keep_alive_after;
         let stream = &mut self.stream;
-        let sent = super::direct::send_if_flushed(stream, &wire);
+        let sent = super::direct::send_if_flushed(stream, self.raw_fd, &wire);
         if sent == wire.len() {
             return Ok(keep_alive);
         }
