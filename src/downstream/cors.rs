@@ -96,6 +96,11 @@ impl CorsStamp {
         }
     }
 
+    /// Whether [`Self::apply`] would add nothing (CORS is off for the request's route).
+    pub fn adds_nothing(&self) -> bool {
+        !self.topic && self.origin.is_none()
+    }
+
     /// Whether the request's `Origin` is allowed (its answer carries the CORS headers).
     pub fn allows_origin(&self) -> bool {
         self.origin.is_some()

@@ -22,7 +22,8 @@ use super::next_poll::{LaneState, Next, PollLane};
 use super::per_ip::IpSlot;
 use super::response::{
     batch_response, make_private, not_modified, poll_cursor, prepare_response, requested_wait, respond,
-    respond_reason, state_response, take_connection, with_http_date, AnswerHead, WireHead,
+    respond_reason, single_event_answer, state_response, take_connection, with_http_date, AnswerHead,
+    SingleEventAnswer, WireHead,
 };
 use crate::config::TopicSpec;
 use crate::hub::{Cursor, Mode, Topic};
@@ -112,11 +113,11 @@ struct Answer {
 }
 
 impl Answer {
-    /// The response, or `None` when the client is gone (nothing to write).
-    fn build<H: AnswerHead>(&self, outcome: Outcome) -> Result<Option<(H, Bytes)>> {
+    /// Counts the delivery (the messages and the freshness of the oldest sent).
+    fn count(&self, outcome: &Outcome) {
         let topic = &self.topic;
         let mode = topic.settings().mode;
-        if let Outcome::Messages { messages, .. } = &outcome {
+        if let Outcome::Messages { messages, .. } = outcome {
             let delivered = if mode == Mode::State {
                 1
             } else {
@@ -131,6 +132,36 @@ impl Answer {
             };
             sent.inspect(|message| crate::metrics::delivered(topic, message, delivered));
         }
+    }
+
+    /// The answer made once for every client of its one event ([`single_event_answer`]),
+    /// when this answer is exactly that: one event after the client's cursor, no gap, and
+    /// nothing of the request's own to add (`HEAD`, private, CORS).
+    fn single_event(&self, outcome: &Outcome, head: bool, cors: &CorsStamp) -> Option<SingleEventAnswer> {
+        let Outcome::Messages {
+            messages,
+            reset: false,
+            skipped: 0,
+            ..
+        } = outcome
+        else {
+            return None;
+        };
+        let [message] = messages.as_slice() else {
+            return None;
+        };
+        let plain = !head && !self.private && cors.adds_nothing();
+        if !plain || self.topic.settings().mode != Mode::Events {
+            return None;
+        }
+        single_event_answer(message)
+    }
+
+    /// The response, or `None` when the client is gone (nothing to write).
+    fn build<H: AnswerHead>(&self, outcome: Outcome) -> Result<Option<(H, Bytes)>> {
+        let topic = &self.topic;
+        let mode = topic.settings().mode;
+        self.count(&outcome);
         let (mut response, body) = match outcome {
             Outcome::ClientGone => return Ok(None),
             Outcome::NothingNew(position) => (not_modified(position, mode)?, Bytes::new()),
@@ -319,13 +350,23 @@ impl Detached {
     /// Writes the answer; `Ok(true)` when the connection stays open for a next request.
     /// The answer's bytes, or `None` when the client is gone (nothing to write).
     fn answer_wire(&mut self, answer: &Answer, outcome: Outcome) -> Result<Option<BytesMut>> {
+        let connection: &[u8] = if self.keep_alive_after {
+            b"keep-alive"
+        } else {
+            b"close"
+        };
+        if let Some(made) = answer.single_event(&outcome, self.head, &self.cors) {
+            answer.count(&outcome);
+            answer.topic.stats().wrote(made.body_len());
+            let mut wire = BytesMut::with_capacity(made.wire_capacity());
+            with_http_date(|date| made.write_to(&mut wire, date, connection));
+            return Ok(Some(wire));
+        }
         let Some((mut response, body)) = answer.build::<WireHead>(outcome)? else {
             return Ok(None);
         };
         std::mem::take(&mut self.cors).apply(&mut response)?;
         let send_body = prepare_response(&mut response, &body, self.head)?;
-        let keep_alive = self.keep_alive_after;
-        let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
         let mut wire = BytesMut::with_capacity(320 + if send_body { body.len() } else { 0 });
         with_http_date(|date| {
             response.write_to(

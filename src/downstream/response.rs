@@ -76,26 +76,98 @@ fn value_bytes(value: Cow<'static, str>) -> Cow<'static, [u8]> {
 }
 
 impl WireHead {
-    /// The status line and headers, and the blank line ending them.
+    /// The status line, `extra` (the connection's own lines: `Date`, `Connection`), the
+    /// head's own headers and the blank line ending them. The connection's lines come right
+    /// after the status line so that what follows them is the same for every client of a
+    /// message, and can be made once (see [`single_event_answer`]).
     pub fn write_to(&self, wire: &mut BytesMut, extra: &[(&str, &[u8])]) {
         wire.put_slice(b"HTTP/1.1 ");
         wire.put_slice(self.status.as_str().as_bytes());
         wire.put_u8(b' ');
         wire.put_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
         wire.put_slice(b"\r\n");
-        let extra = extra.iter().map(|(name, value)| (*name, *value));
-        let own = self
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_ref(), value.as_ref()));
-        for (name, value) in own.chain(extra) {
-            wire.put_slice(name.as_bytes());
-            wire.put_slice(b": ");
-            wire.put_slice(value);
-            wire.put_slice(b"\r\n");
+        for (name, value) in extra {
+            put_header_line(wire, name, value);
+        }
+        self.write_headers_and_end(wire);
+    }
+
+    fn write_headers_and_end(&self, wire: &mut BytesMut) {
+        for (name, value) in &self.headers {
+            put_header_line(wire, name, value);
         }
         wire.put_slice(b"\r\n");
     }
+}
+
+fn put_header_line(wire: &mut BytesMut, name: &str, value: &[u8]) {
+    wire.put_slice(name.as_bytes());
+    wire.put_slice(b": ");
+    wire.put_slice(value);
+    wire.put_slice(b"\r\n");
+}
+
+/// A long poll's `200` answer carrying exactly one event after the client's cursor (no
+/// gap, not `HEAD`, no CORS or private headers: the common case of a client that keeps up),
+/// made once per message, where [`batch_response`] and [`prepare_response`] make an answer
+/// per poll: every client parked on the topic gets the same bytes.
+pub struct SingleEventAnswer {
+    /// The head's own header lines, the blank line, the body.
+    bytes: Bytes,
+    body_len: usize,
+}
+
+impl SingleEventAnswer {
+    /// Writes the whole answer: the status line, `Date`, `Connection`, then the made part.
+    pub fn write_to(&self, wire: &mut BytesMut, date: &str, connection: &[u8]) {
+        wire.put_slice(b"HTTP/1.1 200 OK\r\n");
+        put_header_line(wire, "Date", date.as_bytes());
+        put_header_line(wire, "Connection", connection);
+        wire.put_slice(&self.bytes);
+    }
+
+    /// Room for the whole answer (the status line and the two lines take at most 80).
+    pub fn wire_capacity(&self) -> usize {
+        self.bytes.len() + 80
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body_len
+    }
+}
+
+/// The [`SingleEventAnswer`] of `message` (an event), made on first use and kept in its
+/// encodings; `None` if it cannot be made (the caller builds the answer as usual).
+pub fn single_event_answer(message: &Arc<Message>) -> Option<SingleEventAnswer> {
+    let bytes = message
+        .encodings
+        .inline(super::wire::message_slot::LONG_POLL_SINGLE, || {
+            let made = batch_response::<WireHead>(
+                Mode::Events,
+                message.cursor,
+                std::slice::from_ref(message),
+                false,
+                0,
+            )
+            .and_then(|(mut head, body)| {
+                prepare_response(&mut head, &body, false)?;
+                let mut wire = BytesMut::with_capacity(160 + body.len());
+                head.write_headers_and_end(&mut wire);
+                wire.put_slice(&body);
+                Ok(wire.freeze())
+            });
+            // Empty: not made, and never to be (the same inputs would fail again).
+            made.unwrap_or_default()
+        });
+    // Our own head never holds a blank line before its end; the body follows it. (The
+    // searcher is built once: building it costs more than the search.)
+    static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    let head_len = HEAD_END.find(&bytes)? + 4;
+    Some(SingleEventAnswer {
+        body_len: bytes.len() - head_len,
+        bytes,
+    })
 }
 
 impl AnswerHead for WireHead {
@@ -224,7 +296,9 @@ pub async fn respond_reason(
 
 /// A cursor as a client sends it back: bare, or as an ETag (`"…"`, `W/"…"`).
 pub fn parse_cursor_token(token: &str) -> Option<Cursor> {
-    let token = token.trim();
+    // ASCII whitespace only (what may surround a header value): the Unicode-aware `trim`
+    // was most of this function's cost, on every repeated poll.
+    let token = token.trim_ascii();
     let token = token.strip_prefix("W/").unwrap_or(token);
     let token = token
         .strip_prefix('"')
@@ -261,7 +335,7 @@ pub fn poll_cursor(request: &RequestHeader) -> std::result::Result<Option<Cursor
 pub fn if_none_match_cursor(value: Option<&str>) -> std::result::Result<Option<Cursor>, String> {
     match value {
         None => Ok(None),
-        Some(list) => cursor_token(list.split(',').next().unwrap_or("").trim()),
+        Some(list) => cursor_token(list.split(',').next().unwrap_or("").trim_ascii()),
     }
 }
 
@@ -412,14 +486,56 @@ mod tests {
         let mut written = BytesMut::new();
         wire.write_to(&mut written, &[("Connection", b"close")]);
         let mut expected = BytesMut::new();
-        expected.put_slice(b"HTTP/1.1 200 OK\r\n");
+        expected.put_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\n");
         header.header_to_h1_wire(&mut expected);
-        expected.put_slice(b"Connection: close\r\n\r\n");
+        expected.put_slice(b"\r\n");
         assert_eq!(
             String::from_utf8_lossy(&written).to_ascii_lowercase(),
             String::from_utf8_lossy(&expected).to_ascii_lowercase()
         );
         assert_eq!(wire.get("cache-control"), Some("private, no-cache"));
+    }
+
+    #[test]
+    fn a_single_event_answer_made_once_is_the_answer_made_per_poll() {
+        let message = Arc::new(Message::new(
+            Cursor::test(41),
+            crate::hub::Payload {
+                data: Bytes::from_static(b"{\"n\":1}"),
+                ..crate::hub::Payload::default()
+            },
+        ));
+        let made = single_event_answer(&message).expect("made");
+        let mut once = BytesMut::new();
+        made.write_to(&mut once, "Thu, 03 Dec 2026 16:00:00 GMT", b"keep-alive");
+        let (mut head, body): (WireHead, Bytes) = batch_response(
+            Mode::Events,
+            message.cursor,
+            std::slice::from_ref(&message),
+            false,
+            0,
+        )
+        .expect("a batch");
+        assert!(prepare_response(&mut head, &body, false).expect("length"));
+        let mut per_poll = BytesMut::new();
+        head.write_to(
+            &mut per_poll,
+            &[
+                ("Date", b"Thu, 03 Dec 2026 16:00:00 GMT"),
+                ("Connection", b"keep-alive"),
+            ],
+        );
+        per_poll.put_slice(&body);
+        assert_eq!(String::from_utf8_lossy(&once), String::from_utf8_lossy(&per_poll));
+        assert_eq!(made.body_len(), body.len());
+        assert!(once.len() <= made.wire_capacity());
+        assert!(
+            once.ends_with(b"\"messages\":[{\"id\":\"1000000-41\",\"event\":\"message\",\"data\":{\"n\":1}}],\"reset\":false}")
+        );
+        // Made once: a second client gets the same bytes, and the message holds them.
+        let again = single_event_answer(&message).expect("made");
+        assert_eq!(again.bytes.as_ptr(), made.bytes.as_ptr());
+        assert!(message.encodings.held_bytes() >= made.bytes.len());
     }
 
     #[test]

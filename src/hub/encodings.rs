@@ -67,7 +67,7 @@ pub struct Encodings {
 }
 
 impl Encodings {
-    pub const INLINE_SLOTS: usize = 5;
+    pub const INLINE_SLOTS: usize = 6;
     pub const AWAITED_SLOTS: usize = 16;
 
     /// The encoding in `slot`, made by `encode` if nobody made it yet.

@@ -25,6 +25,9 @@ pub mod message_slot {
     /// The plain WebSocket frame of the raw payload, and of the JSON envelope.
     pub const WEBSOCKET_RAW: InlineSlot = InlineSlot::new(3);
     pub const WEBSOCKET_JSON: InlineSlot = InlineSlot::new(4);
+    /// A long poll's `200` with this message alone, after the status line and the
+    /// connection's own lines (see `response::single_event_answer`).
+    pub const LONG_POLL_SINGLE: InlineSlot = InlineSlot::new(5);
     /// Deflated WebSocket frames, one per window size (9..=15 bits) from each of these on.
     pub const DEFLATED_RAW: AwaitedSlot = AwaitedSlot::new(0);
     pub const DEFLATED_JSON: AwaitedSlot = AwaitedSlot::new(super::websocket::WindowBits::COUNT);
