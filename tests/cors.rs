@@ -6,7 +6,7 @@
 mod common;
 
 use common::ws::WsClient;
-use common::{get, metric, request, Behaviour, TestBackend, TestSidecar};
+use common::{get, metric, request, Behaviour, SseClient, TestBackend, TestSidecar};
 
 const TOPICS: &str = r#"
 [[topic]]
@@ -99,6 +99,29 @@ async fn preflight_and_responses_carry_cors_only_for_allowed_origins() {
     assert!(foreign.header("access-control-allow-credentials").is_none());
     let refusals_after = metric(sidecar.admin_port, "sidestream_origin_refusals_total", &[]).await;
     assert!(refusals_after > refusals_before);
+
+    // An SSE stream's head is written off pingora's request path, with what the CORS
+    // module decided for its request.
+    let stream = SseClient::connect(
+        port,
+        "/prices/AAPL",
+        &[("Origin", ALLOWED), ("Accept", "text/event-stream")],
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(stream.header("access-control-allow-credentials"), Some("true"));
+    assert!(stream.header("vary").unwrap().contains("Origin"));
+    assert!(stream.header("date").is_some(), "a stream's head carries a Date");
+    let foreign_stream = SseClient::connect(
+        port,
+        "/prices/AAPL",
+        &[("Origin", FOREIGN), ("Accept", "text/event-stream")],
+    )
+    .await;
+    assert_eq!(foreign_stream.status, 200);
+    assert!(foreign_stream.header("access-control-allow-origin").is_none());
 
     // Pass-through is the backend's business: nothing added.
     let passed = get(port, "/plain", &[("Origin", ALLOWED)]).await;

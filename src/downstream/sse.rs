@@ -1,5 +1,6 @@
 //! Server-Sent Events: one chunked response per client, fed from its subscription.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Expiry, Lapse};
 use super::connection_limit::{self, ConnectionTicket};
+use super::cors::CorsStamp;
 use super::direct::{DirectWriter, Socket, SocketHandle};
 use super::in_flight::InFlightGuard;
-use super::response::{sse_resume, take_connection};
+use super::response::{make_private, sse_resume, take_connection, with_http_date, AnswerHead, WireHead};
 use super::wire::patch_slot;
 use super::wire::sse::{self as wire_sse, encode_event, http_chunk};
 use crate::config::TopicSpec;
@@ -152,9 +154,9 @@ pub struct Drain {
     pub spread: Duration,
 }
 
-/// Answers an SSE request: subscribes, writes the response header through pingora (so its
-/// modules, such as CORS, see it), then takes the connection out of pingora and hands it to
-/// a small task of its own. A held stream then costs its socket, its queue and that task,
+/// Answers an SSE request: subscribes, takes the connection out of pingora and hands it to
+/// a small task of its own, which writes the response head (with what the CORS module
+/// decided for the request) together with the first chunk. A held stream then costs its socket, its queue and that task,
 /// not a whole pingora request (whose state is several times larger and is polled through
 /// on every wake-up).
 pub async fn serve(
@@ -166,13 +168,6 @@ pub async fn serve(
     in_flight: InFlightGuard,
     private: bool,
 ) -> Result<()> {
-    let mut response = ResponseHeader::build(200, Some(5))?;
-    response.insert_header("Content-Type", "text/event-stream")?;
-    response.insert_header("Cache-Control", "no-cache, no-transform")?;
-    response.insert_header("X-Accel-Buffering", "no")?;
-    if private {
-        super::response::make_private(&mut response)?;
-    }
     let deltas = match super::delta::requested(session.req_header(), spec.hub.deltas) {
         Ok(deltas) => deltas,
         Err(reason) => return super::response::respond_reason(session, 400, &reason, &[]).await,
@@ -180,9 +175,13 @@ pub async fn serve(
     if session.req_header().method == http::Method::HEAD {
         // The headers a GET would get, and no body (RFC 9110 §9.3.2): the request ends here
         // and the connection stays usable.
+        let response: ResponseHeader = stream_head(private)?;
         return session.write_response_header(Box::new(response), true).await;
     }
-    response.insert_header("Transfer-Encoding", "chunked")?;
+    let mut head: WireHead = stream_head(private)?;
+    head.set("Transfer-Encoding", Cow::Borrowed("chunked"))?;
+    // The CORS module sees no header written off pingora: the stamp it made is applied here.
+    CorsStamp::take(session).apply(&mut head)?;
     let resume = sse_resume(session.req_header());
     let (subscribed, deltas) = if deltas {
         let (subscribed, deltas) = topic.subscribe_deltas(resume);
@@ -196,27 +195,43 @@ pub async fn serve(
         subscription,
         ..
     } = subscribed;
-    session.write_response_header(Box::new(response), false).await?;
 
     let retry_ms = jittered_retry(spec.retry);
-    let mut first = BytesMut::new();
-    first.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    let mut events = BytesMut::new();
+    events.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
     if let Some(position) = reset {
-        first.put_slice(&reset_frame(position));
+        events.put_slice(&reset_frame(position));
     }
     for message in &backlog {
-        first.put_slice(&event_of(deltas.as_ref(), message));
+        events.put_slice(&event_of(deltas.as_ref(), message));
     }
     backlog
         .first()
         .inspect(|m| crate::metrics::delivered(&topic, m, backlog.len() as u64));
     drop(backlog);
 
-    // The header sits in the connection's write buffer and goes out with the first chunk.
-    let stream = match *take_connection(session) {
-        ServerSession::H1(http1) => http1.into_inner(),
+    let http1 = match *take_connection(session) {
+        ServerSession::H1(http1) => http1,
         _ => return Ok(()),
     };
+    // The head and the first chunk (the `retry:` hint, a reset, the backlog) leave in one
+    // write: a head written through pingora went out alone, one more send (and one more read
+    // for the client) per connection.
+    let connection: &[u8] = if http1.will_keepalive() {
+        b"keep-alive"
+    } else {
+        b"close"
+    };
+    let stream = http1.into_inner();
+    let chunk = http_chunk(&events);
+    let mut first = BytesMut::with_capacity(256 + chunk.len());
+    with_http_date(|date| {
+        head.write_to(
+            &mut first,
+            &[("Date", date.as_bytes()), ("Connection", connection)],
+        )
+    });
+    first.put_slice(&chunk);
     let task = SseStream {
         topic,
         subscription,
@@ -234,6 +249,19 @@ pub async fn serve(
     let fut = task.run(stream, first.freeze());
     tokio::spawn(fut);
     Ok(())
+}
+
+/// An SSE answer's own headers, as pingora's header (`HEAD`) or as the head written with the
+/// first chunk.
+fn stream_head<H: AnswerHead>(private: bool) -> Result<H> {
+    let mut head = H::with_status(200)?;
+    head.set("Content-Type", Cow::Borrowed("text/event-stream"))?;
+    head.set("Cache-Control", Cow::Borrowed("no-cache, no-transform"))?;
+    head.set("X-Accel-Buffering", Cow::Borrowed("no"))?;
+    if private {
+        make_private(&mut head)?;
+    }
+    Ok(head)
 }
 
 /// One SSE client after its request: everything it needs, nothing of pingora's.
@@ -257,6 +285,7 @@ struct SseStream {
 }
 
 impl SseStream {
+    /// `first`: the response head and the first chunk, as they go on the wire.
     async fn run(self, stream: Stream, first: Bytes) {
         let topic_name: &str = &self.topic.key().name;
         let _connected = SubscriberGauge::new(&self.topic, "sse");
@@ -267,7 +296,7 @@ impl SseStream {
         // any write of this task's.
         let socket = Socket::new(stream);
         let mut stream = SocketHandle(socket.clone());
-        if !write_chunk(&mut stream, http_chunk(&first), self.write_timeout).await {
+        if !write_chunk(&mut stream, first, self.write_timeout).await {
             return;
         }
         let mut last_write = Instant::now();
