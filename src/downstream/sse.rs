@@ -22,7 +22,7 @@ use super::direct::{DirectWriter, Socket, SocketHandle};
 use super::in_flight::InFlightGuard;
 use super::response::{make_private, sse_resume, take_connection, with_http_date, AnswerHead, WireHead};
 use super::wire::patch_slot;
-use super::wire::sse::{self as wire_sse, encode_event, http_chunk};
+use super::wire::sse::{self as wire_sse, encode_event, http_chunk, put_http_chunk};
 use crate::config::TopicSpec;
 use crate::hub::{
     CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, DirectSink, Message, Mode, Subscribe,
@@ -156,9 +156,9 @@ pub struct Drain {
 
 /// Answers an SSE request: subscribes, takes the connection out of pingora and hands it to
 /// a small task of its own, which writes the response head (with what the CORS module
-/// decided for the request) together with the first chunk. A held stream then costs its socket, its queue and that task,
-/// not a whole pingora request (whose state is several times larger and is polled through
-/// on every wake-up).
+/// decided for the request) together with the first chunk. A held stream then costs its
+/// socket, its queue and that task, not a whole pingora request (whose state is several
+/// times larger and is polled through on every wake-up).
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
@@ -223,15 +223,14 @@ pub async fn serve(
         b"close"
     };
     let stream = http1.into_inner();
-    let chunk = http_chunk(&events);
-    let mut first = BytesMut::with_capacity(256 + chunk.len());
+    let mut first = BytesMut::with_capacity(256 + events.len() + 12);
     with_http_date(|date| {
         head.write_to(
             &mut first,
             &[("Date", date.as_bytes()), ("Connection", connection)],
         )
     });
-    first.put_slice(&chunk);
+    put_http_chunk(&mut first, &events);
     let task = SseStream {
         topic,
         subscription,

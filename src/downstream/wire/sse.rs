@@ -45,10 +45,15 @@ pub fn encode_event(cursor: &Cursor, event: Option<&str>, data: &[u8]) -> Bytes 
 /// `data` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1).
 pub fn http_chunk(data: &[u8]) -> Bytes {
     let mut chunk = BytesMut::with_capacity(data.len() + 12);
-    chunk.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    chunk.put_slice(data);
-    chunk.put_slice(b"\r\n");
+    put_http_chunk(&mut chunk, data);
     chunk.freeze()
+}
+
+/// [`http_chunk`] written at the end of `wire` (after a response head, say).
+pub fn put_http_chunk(wire: &mut BytesMut, data: &[u8]) {
+    wire.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    wire.put_slice(data);
+    wire.put_slice(b"\r\n");
 }
 
 fn split_lines(data: &[u8]) -> Vec<&[u8]> {
