@@ -194,7 +194,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
                 let request = async {
                     let read = match already_read {
                         Some(read) => read,
-                        None => match read_head(&mut stream, |_| ()).await {
+                        None => match read_head(&mut stream, |_| None, |_, _| ()).await {
                             Head::Complete(read, _, ()) | Head::Unparsed(read) => read,
                             Head::Close => return None,
                         },

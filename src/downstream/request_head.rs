@@ -30,8 +30,15 @@ pub enum Head<T> {
 }
 
 /// Reads until a whole request head is in (or it cannot be one httparse accepts), and hands
-/// the parsed head to `on_complete`.
-pub async fn read_head<T>(stream: &mut Stream, on_complete: impl FnOnce(&httparse::Request) -> T) -> Head<T> {
+/// the parsed head and its bytes to `on_complete`. `known` is asked first, after every
+/// read, whether the bytes read are exactly a whole head it knows without parsing (a long
+/// poll's repeated request, see `next_poll`): what it makes of them is the outcome, with
+/// all of them as the head.
+pub async fn read_head<T>(
+    stream: &mut Stream,
+    known: impl Fn(&[u8]) -> Option<T>,
+    on_complete: impl FnOnce(&httparse::Request, &[u8]) -> T,
+) -> Head<T> {
     let mut bytes = BytesMut::with_capacity(HEAD_BUFFER_BYTES);
     loop {
         match stream.read_buf(&mut bytes).await {
@@ -40,11 +47,15 @@ pub async fn read_head<T>(stream: &mut Stream, on_complete: impl FnOnce(&httpars
             Ok(0) | Err(_) => return Head::Close,
             Ok(_) => {}
         }
+        if let Some(made) = known(&bytes) {
+            let length = bytes.len();
+            return Head::Complete(bytes, length, made);
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&bytes) {
             Ok(httparse::Status::Complete(length)) => {
-                let made = on_complete(&parsed);
+                let made = on_complete(&parsed, &bytes[..length]);
                 return Head::Complete(bytes, length, made);
             }
             // Read on while it may still be a head the lane serves; the header budget on

@@ -394,7 +394,7 @@ impl Topic {
         }
         state.last_activity = Instant::now();
         drop(state);
-        self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        self.note_demand();
         Subscribe {
             reset,
             backlog,
@@ -479,7 +479,7 @@ impl Topic {
     /// the linger counts from the last such request.
     pub fn touch(&self) {
         self.lock().last_activity = Instant::now();
-        self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        self.note_demand();
     }
 
     /// Marks the instance as wanted without clients (an eager topic).
@@ -491,6 +491,16 @@ impl Topic {
     /// poll) or its being eager. Instances that are not held are refreshed only on demand.
     pub fn is_held(&self) -> bool {
         self.pinned.load(Ordering::Relaxed) || self.subscriber_count() > 0
+    }
+
+    /// Tells the instance's poller, if one follows the requests, that one came. Without a
+    /// receiver (a push or stream topic) nothing is sent: a receiver made later starts from
+    /// the value it finds, and a send wakes every waiter slot under its locks (~300
+    /// instructions of each long poll's subscribe).
+    fn note_demand(&self) {
+        if self.demand.receiver_count() > 0 {
+            self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Follows the requests for the instance (every [`Topic::touch`] and subscribe).
