@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Long polls read and routed by sidestream itself: the next request on a connection
     /// whose previous poll was held (`downstream::next_poll`), not by pingora.
     pub long_polls_read_directly: IntCounter,
+    /// Held long polls answered by the publishing task itself, one `send` on the client's
+    /// socket without waking the poll's task (`downstream::long_poll::answer_sink`).
+    pub long_polls_answered_by_publisher: IntCounter,
     /// Request paths refused before routing, by `reason`: a canonicalization refusal
     /// (`dot_segment`, `encoded_separator`, …, `400`) or `shielded` (a pass-through to a
     /// protected topic's backend path, `403`).
@@ -312,6 +315,10 @@ impl Metrics {
             long_polls_read_directly: counter(
                 "sidestream_long_polls_read_directly_total",
                 "long polls read by sidestream itself on a connection whose previous poll was held",
+            ),
+            long_polls_answered_by_publisher: counter(
+                "sidestream_long_polls_answered_by_publisher_total",
+                "held long polls answered by the publishing task itself, without waking the poll's task",
             ),
             path_refusals: counter_vec(
                 "sidestream_path_refusals_total",

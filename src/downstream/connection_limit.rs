@@ -86,6 +86,11 @@ impl ConnectionTicket {
         self.header.start_request();
     }
 
+    /// The same, when the request's first `already_read` bytes were read before it started.
+    pub fn start_request_after(&self, already_read: usize) {
+        self.header.start_request_after(already_read);
+    }
+
     /// That request's header has been read in full.
     pub fn mark_header_complete(&self) {
         self.header.mark_complete();
@@ -194,7 +199,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
                 let request = async {
                     let read = match already_read {
                         Some(read) => read,
-                        None => match read_head(&mut stream, |_| None, |_, _| ()).await {
+                        None => match read_head(&mut stream, BytesMut::new(), |_| None, |_, _| ()).await {
                             Head::Complete(read, _, ()) | Head::Unparsed(read) => read,
                             Head::Close => return None,
                         },

@@ -256,23 +256,27 @@ pub fn plain_tcp_fd(stream: &Stream) -> Option<RawFd> {
 /// which). A long-poll answer is written this way: no copy into the wrapper's write buffer,
 /// no write timer armed when the socket takes it all, as it almost always does.
 pub fn send_if_flushed(stream: &mut Stream, fd: Option<RawFd>, bytes: &[u8]) -> usize {
-    let Some(fd) = fd else {
-        return 0;
-    };
-    // With nothing buffered a flush is complete at once, without a syscall; anything else
-    // means bytes wait above the socket, and a `send` would overtake them. The no-op waker
-    // is harmless: this task is not waiting on the socket, and its own write, next, polls
-    // with its own waker.
-    match Pin::new(&mut *stream).poll_flush(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(())) => send_now(fd, bytes),
+    match fd {
+        Some(fd) if flushed(stream) => send_now(fd, bytes),
         _ => 0,
     }
+}
+
+/// Whether nothing waits in a buffer above the socket, so that a `send` on its descriptor
+/// cannot overtake anything. With nothing buffered a flush is complete at once, without a
+/// syscall. The no-op waker is harmless: the caller is not waiting on the socket, and its
+/// own writes poll with its own waker.
+pub fn flushed(stream: &mut Stream) -> bool {
+    matches!(
+        Pin::new(&mut *stream).poll_flush(&mut Context::from_waker(Waker::noop())),
+        Poll::Ready(Ok(()))
+    )
 }
 
 /// Hands `bytes` to the kernel without waiting, on the descriptor itself; returns how many
 /// it took (0: would block, failed or closed — the connection's task finds out which on its
 /// next read or write, through tokio, whose readiness this never changes).
-fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
+pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     let mut written = 0;
     while written < bytes.len() {
         // MSG_NOSIGNAL: a client gone away is an `EPIPE` here, not a signal.

@@ -54,7 +54,13 @@ impl HeaderBudget {
 
     /// A new request starts (the connection's first, or the next on keep-alive).
     pub fn start_request(&self) {
-        self.read.store(0, Ordering::Relaxed);
+        self.start_request_after(0);
+    }
+
+    /// A new request starts whose first `already_read` bytes were read before it started
+    /// (by a read that was watching the connection for something else).
+    pub fn start_request_after(&self, already_read: usize) {
+        self.read.store(already_read, Ordering::Relaxed);
         self.complete.store(false, Ordering::Relaxed);
     }
 

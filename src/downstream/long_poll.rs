@@ -9,7 +9,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType::WriteError, ErrorType::WriteTimedout, Result};
 use pingora_proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
@@ -26,10 +30,12 @@ use super::response::{
     SingleEventAnswer, WireHead,
 };
 use crate::config::TopicSpec;
-use crate::hub::{Cursor, Mode, Topic};
+use crate::hub::{Cursor, Message, Mode, Topic};
 
+mod answer_sink;
 mod hold;
 
+use answer_sink::{AnswerSink, Finished};
 use hold::{start, Outcome, Started};
 
 /// What a held long poll keeps until it has answered, wherever it waits: the drain's count
@@ -124,6 +130,7 @@ impl Answer {
                 messages.len() as u64
             };
             crate::metrics::long_poll_delivered(topic, delivered);
+            // (One event answered by the publisher is counted by `count_one_event`.)
             // The message whose age the write shows: the state sent, or the oldest event.
             let sent = if mode == Mode::State {
                 messages.last()
@@ -138,6 +145,9 @@ impl Answer {
     /// when this answer is exactly that: one event after the client's cursor, no gap, and
     /// nothing of the request's own to add (`HEAD`, private, CORS).
     fn single_event(&self, outcome: &Outcome, head: bool, cors: &CorsStamp) -> Option<SingleEventAnswer> {
+        if !self.plain(head, cors) {
+            return None;
+        }
         let Outcome::Messages {
             messages,
             reset: false,
@@ -150,11 +160,13 @@ impl Answer {
         let [message] = messages.as_slice() else {
             return None;
         };
-        let plain = !head && !self.private && cors.adds_nothing();
-        if !plain || self.topic.settings().mode != Mode::Events {
-            return None;
-        }
         single_event_answer(message)
+    }
+
+    /// Whether one event's answer is the same for this request as for every other: an
+    /// event topic, and nothing of the request's own to add (`HEAD`, private, CORS).
+    fn plain(&self, head: bool, cors: &CorsStamp) -> bool {
+        !head && !self.private && cors.adds_nothing() && self.topic.settings().mode == Mode::Events
     }
 
     /// The response, or `None` when the client is gone (nothing to write).
@@ -208,6 +220,14 @@ impl Answer {
     }
 }
 
+/// One event written to a long-poll client as its answer (`body_len` bytes of body): the
+/// delivery counted as [`Answer::count`] counts it, and the bytes out.
+fn count_one_event(topic: &Topic, message: &Message, body_len: usize) {
+    crate::metrics::long_poll_delivered(topic, 1);
+    crate::metrics::delivered(topic, message, 1);
+    topic.stats().wrote(body_len);
+}
+
 /// A held long poll's connection, taken out of pingora: the bare socket (the request was
 /// read; pingora's session and its buffers are gone), what the answer needs (CORS headers,
 /// `HEAD`, whether the connection is kept alive), the connection's place under the caps and
@@ -226,6 +246,23 @@ struct Detached {
     write_timeout: Duration,
     lane: Arc<PollLane>,
     lane_state: LaneState,
+    /// The start of the next request, read while watching the held poll's connection.
+    next_bytes: BytesMut,
+}
+
+/// What the client did while its poll was held, as `watch_client` saw it.
+#[derive(Default)]
+enum Watched {
+    /// Nothing (the hold ended otherwise, or the task is owed the rest of a direct answer).
+    #[default]
+    Nothing,
+    /// It closed the connection (or the read failed).
+    Gone,
+    /// It sent a request before the answer (pipelining): the hold goes on, and the
+    /// connection closes after the answer.
+    Pipelined,
+    /// It sent these bytes after the publisher answered: the start of its next request.
+    Asked(BytesMut),
 }
 
 impl Detached {
@@ -263,7 +300,36 @@ impl Detached {
             write_timeout,
             lane: Arc::clone(lane),
             lane_state: LaneState::default(),
+            next_bytes: BytesMut::new(),
         })
+    }
+
+    /// A sink armed for `waiting` when the publisher may answer it: a plain TCP socket with
+    /// nothing waiting above it, and an answer that is the same for every client. The
+    /// ticket then goes with the sink, which releases it when it answers.
+    ///
+    /// A new sink for each hold: a publisher still going through an earlier hold's queue
+    /// (taken before that hold ended) must find that hold's sink, finished, not one armed
+    /// for a later cursor, or it would answer with a message the client already has.
+    fn arm_sink(
+        &mut self,
+        answer: &Answer,
+        waiting: &hold::Waiting,
+        ticket: &mut Option<HoldTicket>,
+    ) -> Option<Arc<AnswerSink>> {
+        let fd = self.raw_fd?;
+        if !answer.plain(self.head, &self.cors) || !super::direct::flushed(&mut self.stream) {
+            return None;
+        }
+        let sink = Arc::new(AnswerSink::default());
+        sink.arm(
+            fd,
+            Arc::clone(&answer.topic),
+            self.keep_alive_after,
+            ticket.take()?,
+        );
+        waiting.set_direct_sink(sink.clone());
+        Some(sink)
     }
 
     /// Holds and answers this poll, then the connection's next ones as long as they are
@@ -273,52 +339,37 @@ impl Detached {
         mut answer: Answer,
         mut started: Started,
         mut wait: Duration,
-        mut ticket: HoldTicket,
+        ticket: HoldTicket,
     ) {
+        let mut ticket = Some(ticket);
         loop {
             let outcome = match started {
-                Started::Ready(outcome) => outcome,
-                Started::Waiting(waiting) => {
-                    let mut pipelined = false;
-                    let outcome = waiting
-                        .wait(
-                            &answer.topic,
-                            wait,
-                            &self.lane.shutdown,
-                            client_gone(&mut self.stream, &mut pipelined),
-                        )
-                        .await;
-                    // A server draining meanwhile tells the client not to come back on this
-                    // connection; so does a client that sent its next request before this
-                    // answer (HTTP/1.1 pipelining, which pingora does not serve either): it
-                    // retries it on a new one.
-                    self.keep_alive_after &= !self.lane.shutdown.is_cancelled() && !pipelined;
-                    outcome
-                }
+                Started::Ready(outcome) => Some(outcome),
+                Started::Waiting(waiting) => self.hold(&answer, waiting, wait, &mut ticket).await,
             };
-            // Built before the write, so that the write's future (held while the socket is
-            // full) is small.
-            let written = match self.answer_wire(&answer, outcome) {
-                // The client is gone: dropping the socket closes it.
-                Ok(None) => return,
-                Ok(Some(wire)) => self.write(wire).await,
-                Err(error) => Err(error),
-            };
-            match written {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => {
-                    tracing::debug!("a held long poll could not answer: {error}");
+            // `None`: the publisher answered; the write is done.
+            if let Some(outcome) = outcome {
+                // Built before the write, so that the write's future (held while the socket
+                // is full) is small.
+                let written = match self.answer_wire(&answer, outcome) {
+                    // The client is gone: dropping the socket closes it.
+                    Ok(None) => return,
+                    Ok(Some(wire)) => self.write(&wire).await,
+                    Err(error) => Err(error),
+                };
+                if !self.written(written) {
                     return;
                 }
             }
             // Answered: the drain no longer waits for it, nor does it hold its per-IP slot.
-            drop(ticket);
+            drop(ticket.take());
             // Boxed, like the write: reading the next head is brief, the wait is held.
-            let next = Box::pin(
-                self.lane
-                    .next(&mut self.stream, &self.connection, &mut self.lane_state),
-            )
+            let next = Box::pin(self.lane.next(
+                &mut self.stream,
+                &self.connection,
+                &mut self.lane_state,
+                std::mem::take(&mut self.next_bytes),
+            ))
             .await;
             let poll = match next {
                 Next::Poll(poll) => poll,
@@ -342,12 +393,85 @@ impl Detached {
             self.head = false;
             self.write_timeout = poll.write_timeout;
             wait = poll.request.wait;
-            ticket = poll.ticket;
+            ticket = Some(poll.ticket);
             started = start(&answer.topic, answer.cursor);
         }
     }
 
-    /// Writes the answer; `Ok(true)` when the connection stays open for a next request.
+    /// Holds a poll until it ends: its outcome for the task to answer, or `None` when the
+    /// publisher answered it and the connection goes on (the rest of that answer written,
+    /// and the start of the next request, if any, in `next_bytes`). A connection to end
+    /// after a direct answer is `Some(Outcome::ClientGone)`: nothing more to write.
+    async fn hold(
+        &mut self,
+        answer: &Answer,
+        waiting: hold::Waiting,
+        wait: Duration,
+        ticket: &mut Option<HoldTicket>,
+    ) -> Option<Outcome> {
+        let sink = self.arm_sink(answer, &waiting, ticket);
+        let mut watched = Watched::Nothing;
+        let outcome = waiting
+            .wait(
+                &answer.topic,
+                wait,
+                &self.lane.shutdown,
+                watch_client(&mut self.stream, sink.as_deref(), &mut watched),
+            )
+            .await;
+        let finished = sink.map_or(Finished::NotAnswered(None), |sink| sink.finish());
+        match finished {
+            Finished::NotAnswered(given_back) => {
+                if given_back.is_some() {
+                    *ticket = given_back;
+                }
+                // A server draining meanwhile tells the client not to come back on this
+                // connection; so does a client that sent its next request before this
+                // answer (HTTP/1.1 pipelining, which pingora does not serve either): it
+                // retries it on a new one.
+                let pipelined = matches!(watched, Watched::Pipelined);
+                self.keep_alive_after &= !self.lane.shutdown.is_cancelled() && !pipelined;
+                Some(outcome)
+            }
+            Finished::Answered { tail } => {
+                // Whatever the hold's own outcome (a message queued after the answer, the
+                // wait running out), the client has its answer; what followed it comes
+                // from history on its next poll.
+                if !tail.is_empty() {
+                    let written = self.write(&tail).await;
+                    if !self.written(written) {
+                        return Some(Outcome::ClientGone);
+                    }
+                }
+                if !self.keep_alive_after {
+                    // The answer said `Connection: close`.
+                    return Some(Outcome::ClientGone);
+                }
+                match watched {
+                    Watched::Gone | Watched::Pipelined => Some(Outcome::ClientGone),
+                    Watched::Asked(bytes) => {
+                        self.next_bytes = bytes;
+                        None
+                    }
+                    // The server stops: the connection ends here, as an idle one does.
+                    Watched::Nothing if self.lane.shutdown.is_cancelled() => Some(Outcome::ClientGone),
+                    Watched::Nothing => None,
+                }
+            }
+        }
+    }
+
+    /// Whether an answer's write went through and the connection stays open.
+    fn written(&self, written: Result<bool>) -> bool {
+        match written {
+            Ok(keep_alive) => keep_alive,
+            Err(error) => {
+                tracing::debug!("a held long poll could not answer: {error}");
+                false
+            }
+        }
+    }
+
     /// The answer's bytes, or `None` when the client is gone (nothing to write).
     fn answer_wire(&mut self, answer: &Answer, outcome: Outcome) -> Result<Option<BytesMut>> {
         let connection: &[u8] = if self.keep_alive_after {
@@ -381,10 +505,10 @@ impl Detached {
     }
 
     /// Writes an answer; `Ok(true)` when the connection stays open for a next request.
-    async fn write(&mut self, wire: BytesMut) -> Result<bool> {
+    async fn write(&mut self, wire: &[u8]) -> Result<bool> {
         let keep_alive = self.keep_alive_after;
         let stream = &mut self.stream;
-        let sent = super::direct::send_if_flushed(stream, self.raw_fd, &wire);
+        let sent = super::direct::send_if_flushed(stream, self.raw_fd, wire);
         if sent == wire.len() {
             return Ok(keep_alive);
         }
@@ -400,17 +524,47 @@ impl Detached {
     }
 }
 
-/// Completes when the client closes the connection (or it fails). A held poll has no
-/// request body: anything the client sends is its next request (`pipelined`), not served
-/// here; the hold goes on (no longer watching for a close) and the connection closes after
-/// the answer.
-async fn client_gone(stream: &mut Stream, pipelined: &mut bool) {
-    let mut buffer = [0u8; 64];
-    match stream.read(&mut buffer).await {
-        Ok(read) if read > 0 => {
-            *pipelined = true;
-            std::future::pending::<()>().await;
+/// Completes when the client closes the connection (or it fails), when it asks again after
+/// the publisher answered, or when a direct answer left its rest to the task (`watched`
+/// says which). A held poll has no request body: anything the client sends before its
+/// answer is its next request (pipelined), not served here; the hold goes on (no longer
+/// watching for a close) and the connection closes after the answer.
+async fn watch_client(stream: &mut Stream, sink: Option<&AnswerSink>, watched: &mut Watched) {
+    let tail_owed = async {
+        match sink {
+            Some(sink) => sink.tail_owed().await,
+            None => std::future::pending().await,
         }
-        _ => {}
+    };
+    tokio::select! {
+        biased;
+        () = tail_owed => {}
+        read = read_some(stream) => match read {
+            None => *watched = Watched::Gone,
+            Some(bytes) if sink.is_some_and(AnswerSink::withdraw) => *watched = Watched::Asked(bytes),
+            Some(_) => {
+                *watched = Watched::Pipelined;
+                std::future::pending::<()>().await;
+            }
+        },
     }
+}
+
+/// The next bytes the client sends (`None`: it closed, or the read failed). The buffer is
+/// on the stack of the one poll that finds bytes, not in the held future: a held poll holds
+/// no read buffer (they are copied out, once, when they come).
+fn read_some(stream: &mut Stream) -> impl Future<Output = Option<BytesMut>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut buffer = [MaybeUninit::<u8>::uninit(); super::request_head::HEAD_BUFFER_BYTES];
+        let mut read = ReadBuf::uninit(&mut buffer);
+        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                let mut bytes = BytesMut::with_capacity(super::request_head::HEAD_BUFFER_BYTES);
+                bytes.extend_from_slice(read.filled());
+                Poll::Ready(Some(bytes))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    })
 }

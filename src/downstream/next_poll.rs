@@ -212,8 +212,9 @@ impl PollLane {
         stream: &mut Stream,
         connection: &ConnectionTicket,
         state: &mut LaneState,
+        already_read: BytesMut,
     ) -> Next {
-        connection.start_request();
+        connection.start_request_after(already_read.len());
         let repeat = state.repeat.as_ref();
         // Not raced against the shutdown (that would register with the token on every poll):
         // a poll arriving while the server stops is answered `304` + `Connection: close` at
@@ -222,6 +223,7 @@ impl PollLane {
             self.limits.request_header_timeout,
             read_head(
                 stream,
+                already_read,
                 |bytes| repeat.and_then(|repeat| repeat.shape.raw.as_ref()?.repeat(bytes)),
                 |parsed, head| classify(parsed, head, repeat),
             ),

@@ -9,7 +9,7 @@ use pingora_core::protocols::Stream;
 use tokio::io::AsyncReadExt;
 
 /// A typical head is 100–300 bytes; the buffer grows for a larger one.
-const HEAD_BUFFER_BYTES: usize = 1024;
+pub const HEAD_BUFFER_BYTES: usize = 1024;
 /// Read on for a complete head up to this much; past it, pingora reads the rest (under the
 /// connection's header budget, which bounds it).
 const MAX_HEAD_BYTES: usize = 8 * HEAD_BUFFER_BYTES;
@@ -33,20 +33,29 @@ pub enum Head<T> {
 /// the parsed head and its bytes to `on_complete`. `known` is asked first, after every
 /// read, whether the bytes read are exactly a whole head it knows without parsing (a long
 /// poll's repeated request, see `next_poll`): what it makes of them is the outcome, with
-/// all of them as the head.
+/// all of them as the head. `already_read` is the start of the head when another read got
+/// it (empty: nothing yet); it is looked at before anything more is read.
 pub async fn read_head<T>(
     stream: &mut Stream,
+    already_read: BytesMut,
     known: impl Fn(&[u8]) -> Option<T>,
     on_complete: impl FnOnce(&httparse::Request, &[u8]) -> T,
 ) -> Head<T> {
-    let mut bytes = BytesMut::with_capacity(HEAD_BUFFER_BYTES);
+    let mut bytes = already_read;
+    let mut read_first = bytes.is_empty();
+    if read_first {
+        bytes.reserve(HEAD_BUFFER_BYTES);
+    }
     loop {
-        match stream.read_buf(&mut bytes).await {
-            // Closed between requests (the usual end of a keep-alive connection), or inside
-            // a head, or the read failed: nothing to answer.
-            Ok(0) | Err(_) => return Head::Close,
-            Ok(_) => {}
+        if read_first {
+            match stream.read_buf(&mut bytes).await {
+                // Closed between requests (the usual end of a keep-alive connection), or
+                // inside a head, or the read failed: nothing to answer.
+                Ok(0) | Err(_) => return Head::Close,
+                Ok(_) => {}
+            }
         }
+        read_first = true;
         if let Some(made) = known(&bytes) {
             let length = bytes.len();
             return Head::Complete(bytes, length, made);

@@ -66,6 +66,9 @@ pub enum Delivery {
 pub struct OverflowCounts {
     pub dropped: u64,
     pub disconnected: bool,
+    /// A sink that takes one message took it: the subscription is over (see
+    /// [`DirectSink::takes_one`]).
+    pub ended: bool,
 }
 
 /// A way to hand a message straight to a client whose connection has nothing in flight,
@@ -76,6 +79,13 @@ pub trait DirectSink: Send + Sync {
     /// Delivers `message` now if it can without waiting (`true`); the sink then owns
     /// finishing the write. `false`: nothing was written, and the message is queued.
     fn offer(&self, message: &Arc<Message>) -> bool;
+
+    /// Whether the subscription ends with the first message this sink takes (a long
+    /// poll's answer): the queue then takes nothing more, and the topic drops the
+    /// subscriber at once, without waiting for its consumer to run.
+    fn takes_one(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Default)]
@@ -90,6 +100,8 @@ struct QueueState {
     /// overtake one the consumer holds or cut into a write of the consumer's.
     parked: bool,
     sink: Option<Arc<dyn DirectSink>>,
+    /// Its one-message sink took its message: nothing more is queued or offered.
+    ended: bool,
 }
 
 impl fmt::Debug for QueueState {
@@ -146,13 +158,17 @@ impl SubscriberQueue {
     /// policy dropped.
     pub fn push(&self, message: Arc<Message>, direct: bool) -> OverflowCounts {
         let mut state = self.lock();
-        if state.closed.is_some() {
+        if state.closed.is_some() || state.ended {
             return OverflowCounts::default();
         }
         if direct && state.parked && state.items.is_empty() && state.skipped == 0 {
             if let Some(sink) = &state.sink {
                 if sink.offer(&message) {
-                    return OverflowCounts::default();
+                    state.ended = sink.takes_one();
+                    return OverflowCounts {
+                        ended: state.ended,
+                        ..OverflowCounts::default()
+                    };
                 }
             }
         }
@@ -191,6 +207,7 @@ impl SubscriberQueue {
                     return OverflowCounts {
                         dropped: 0,
                         disconnected: true,
+                        ended: false,
                     };
                 }
             }
@@ -203,6 +220,7 @@ impl SubscriberQueue {
         OverflowCounts {
             dropped: after.dropped - before.dropped,
             disconnected: false,
+            ended: false,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Every subscriber's id and queue, as the fan-out goes through them.
+type FanOutList = Arc<[(u64, Arc<SubscriberQueue>)]>;
+
 #[derive(Debug)]
 struct TopicState {
     history: History,
@@ -105,7 +108,7 @@ struct TopicState {
     /// chosen keys is not needed here: a long poll inserts and removes one per request).
     subscribers: HashMap<u64, Arc<SubscriberQueue>, foldhash::fast::RandomState>,
     /// The queues as one list for the fan-out, made again only after the set changed.
-    fan_out_list: Option<Arc<[Arc<SubscriberQueue>]>>,
+    fan_out_list: Option<FanOutList>,
     next_subscriber_id: u64,
     last_activity: Instant,
     upstream: UpstreamHealth,
@@ -441,9 +444,18 @@ impl Topic {
     }
 
     fn unsubscribe(&self, id: u64) {
+        self.unsubscribe_all(&[id]);
+    }
+
+    fn unsubscribe_all(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
         let mut state = self.lock();
-        if state.subscribers.remove(&id).is_some() {
-            state.fan_out_list = None;
+        for id in ids {
+            if state.subscribers.remove(id).is_some() {
+                state.fan_out_list = None;
+            }
         }
         state.last_activity = Instant::now();
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{CloseReason, Cursor, Delivery, Message, Mode, Resume, Subscribe, Subscription, Topic};
+use crate::hub::{
+    CloseReason, Cursor, Delivery, DirectSink, Message, Mode, Resume, Subscribe, Subscription, Topic,
+};
 use crate::metrics::SubscriberGauge;
 
 /// What ends a hold.
@@ -65,6 +67,11 @@ pub(super) fn start(topic: &Arc<Topic>, cursor: Option<Cursor>) -> Started {
 }
 
 impl Waiting {
+    /// Lets the publisher hand this hold's first message to `sink` (see `answer_sink`).
+    pub(super) fn set_direct_sink(&self, sink: Arc<dyn DirectSink>) {
+        self.subscription.set_direct_sink(sink);
+    }
+
     /// The hold itself, with the client's going away as a future (it ends the hold when it
     /// completes, whatever its output) so that it runs without a pingora session in tests.
     pub(super) async fn wait<F: Future>(

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Topic, TopicState};
+use super::{FanOutList, Topic, TopicState};
 use crate::hub::message::Message;
-use crate::hub::subscriber::SubscriberQueue;
 
 /// While messages come faster than one per this interval (smoothed over the last several),
 /// they are queued for every subscriber, not written directly: under a high rate each
@@ -64,7 +63,11 @@ impl Topic {
         let queues = match &state.fan_out_list {
             Some(list) => list.clone(),
             None => {
-                let list: Arc<[Arc<SubscriberQueue>]> = state.subscribers.values().cloned().collect();
+                let list: FanOutList = state
+                    .subscribers
+                    .iter()
+                    .map(|(id, queue)| (*id, queue.clone()))
+                    .collect();
                 state.fan_out_list = Some(list.clone());
                 list
             }
@@ -76,15 +79,22 @@ impl Topic {
         let mut disconnected = 0;
         let started = Instant::now();
         let mut direct = pace.direct_now(started);
-        for (index, queue) in queues.iter().enumerate() {
+        let mut ended = Vec::new();
+        for (index, (id, queue)) in queues.iter().enumerate() {
             if direct && index % 64 == 63 && started.elapsed() >= DIRECT_BUDGET {
                 direct = false;
             }
             let counts = queue.push(message.clone(), direct);
             dropped += counts.dropped;
             disconnected += u64::from(counts.disconnected);
+            if counts.ended {
+                ended.push(*id);
+            }
         }
         drop(pace);
+        // Subscribers whose sink took the one message they wait for (a long poll's answer)
+        // leave the topic now, all under one lock, not each when its task next runs.
+        self.unsubscribe_all(&ended);
         if let Some(observer) = crate::hub::events::observer() {
             observer.published(
                 &self.key.name,

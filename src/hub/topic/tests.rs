@@ -299,3 +299,43 @@ async fn a_burst_goes_through_the_queues_and_a_steady_rate_straight_to_parked_cl
     assert_eq!(*sink.0.lock().unwrap(), vec![1, 4]);
     assert!(live_seqs(&subscribed.subscription).is_empty());
 }
+
+/// Takes the first message offered, and ends its subscription with it (a long poll's answer).
+#[derive(Default)]
+struct OneShotSink(std::sync::Mutex<Vec<u64>>);
+
+impl super::super::subscriber::DirectSink for OneShotSink {
+    fn offer(&self, message: &Arc<Message>) -> bool {
+        self.0.lock().unwrap().push(message.cursor.seq);
+        true
+    }
+
+    fn takes_one(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_takes_one_message_ends_its_subscription_at_once() {
+    use futures_util::FutureExt;
+    let topic = topic(Mode::Events);
+    let one_shot = topic.subscribe(Resume::Latest);
+    let other = topic.subscribe(Resume::Latest);
+    let sink = Arc::new(OneShotSink::default());
+    one_shot.subscription.set_direct_sink(sink.clone());
+    assert!(one_shot.subscription.recv().now_or_never().is_none());
+    assert_eq!(topic.subscriber_count(), 2);
+    publish(&topic, "1");
+    // Taken by the sink, and the subscriber left the topic with it; the other one stays.
+    assert_eq!(*sink.0.lock().unwrap(), vec![1]);
+    assert_eq!(topic.subscriber_count(), 1);
+    tokio::time::advance(INTERVAL_CAP).await;
+    publish(&topic, "2");
+    // Nothing more reaches the ended subscription: neither its sink nor its queue.
+    assert_eq!(*sink.0.lock().unwrap(), vec![1]);
+    assert!(one_shot.subscription.recv().now_or_never().is_none());
+    assert_eq!(live_seqs(&other.subscription), vec![1, 2]);
+    // Its consumer dropping it later changes nothing.
+    drop(one_shot);
+    assert_eq!(topic.subscriber_count(), 1);
+}
