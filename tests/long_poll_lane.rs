@@ -36,13 +36,20 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with_upstream("").await
+}
+
+/// [`setup`] with extra `[upstream]` lines.
+async fn setup_with_upstream(upstream: &str) -> Setup {
     let backend = TestBackend::start().await;
     backend.set("/feed-source", Behaviour::Json("0".into()));
     backend.set(
         "/hello",
         Behaviour::Plain("text/plain", "from the backend".into()),
     );
-    let sidecar = TestSidecar::start(backend.port, "long_poll_max_wait_ms = 10000", TOPICS).await;
+    let sidecar =
+        TestSidecar::start_with_upstream(backend.port, upstream, "long_poll_max_wait_ms = 10000", TOPICS)
+            .await;
     get(sidecar.port, "/feed?wait=0", &[]).await;
     let topic = sidecar.registry.get(&TopicKey::new("feed", vec![])).unwrap();
     eventually("the poller's first message", || topic.cursor().seq >= 1).await;
@@ -312,4 +319,43 @@ async fn the_publisher_answers_a_held_poll_and_its_next_request_may_come_in_piec
     let (status, headers, _) = read_response(&mut stream).await;
     assert_eq!(status, 304);
     assert_ne!(header(&headers, "connection"), Some("close"));
+}
+
+#[tokio::test]
+async fn a_large_answer_the_kernel_takes_in_parts_arrives_whole_and_the_connection_goes_on() {
+    // 12 MB: more than a loopback socket takes in one non-blocking `send` (its send buffer
+    // is at most 4 MiB here), so the publisher writes a part and the poll's task (woken for
+    // it) the rest.
+    let mut setup = setup_with_upstream("max_body_bytes = 16777216").await;
+    // A small receive window: the server's socket fills long before the answer is out.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(setup.sidecar.addr()).await.unwrap();
+    let cursor = setup.topic.cursor().to_string();
+    let (_, cursor) = setup.held_poll(&mut stream, &cursor).await;
+    let large = "y".repeat(12_000_000);
+    let poll = format!("GET /feed?wait=10&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(poll.as_bytes()).await.unwrap();
+    eventually("the poll is held", || setup.topic.subscriber_count() == 1).await;
+    setup
+        .backend
+        .set("/feed-source", Behaviour::Json(format!("\"{large}\"")));
+    // Not reading for a while: the socket fills, and the rest waits for the task.
+    eventually("the event is published", || setup.topic.subscriber_count() == 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (data, answer) = {
+        let (status, _, body) = read_response(&mut stream).await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        (
+            answer["messages"][0]["data"].as_str().unwrap().to_string(),
+            answer,
+        )
+    };
+    assert!(data == large, "the whole event, byte for byte");
+    let cursor = answer["cursor"].as_str().unwrap().to_string();
+    // The same connection serves the next poll.
+    setup.next_value = 7;
+    let (value, _) = setup.held_poll(&mut stream, &cursor).await;
+    assert_eq!(value, 7);
 }

@@ -12,7 +12,7 @@ use pingora_proxy::Session;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
@@ -529,42 +529,45 @@ impl Detached {
 /// says which). A held poll has no request body: anything the client sends before its
 /// answer is its next request (pipelined), not served here; the hold goes on (no longer
 /// watching for a close) and the connection closes after the answer.
-async fn watch_client(stream: &mut Stream, sink: Option<&AnswerSink>, watched: &mut Watched) {
-    let tail_owed = async {
-        match sink {
-            Some(sink) => sink.tail_owed().await,
-            None => std::future::pending().await,
+fn watch_client<'a>(
+    stream: &'a mut Stream,
+    sink: Option<&'a AnswerSink>,
+    watched: &'a mut Watched,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if matches!(watched, Watched::Pipelined) {
+            return Poll::Pending;
         }
-    };
-    tokio::select! {
-        biased;
-        () = tail_owed => {}
-        read = read_some(stream) => match read {
-            None => *watched = Watched::Gone,
-            Some(bytes) if sink.is_some_and(AnswerSink::withdraw) => *watched = Watched::Asked(bytes),
-            Some(_) => {
+        if sink.is_some_and(|sink| sink.poll_tail_owed(cx).is_ready()) {
+            return Poll::Ready(());
+        }
+        *watched = match poll_read_some(stream, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => Watched::Gone,
+            Poll::Ready(Some(bytes)) if sink.is_some_and(AnswerSink::withdraw) => Watched::Asked(bytes),
+            Poll::Ready(Some(_)) => {
+                // Nothing wakes this watch again: the hold ends otherwise.
                 *watched = Watched::Pipelined;
-                std::future::pending::<()>().await;
+                return Poll::Pending;
             }
-        },
-    }
+        };
+        Poll::Ready(())
+    })
 }
 
 /// The next bytes the client sends (`None`: it closed, or the read failed). The buffer is
 /// on the stack of the one poll that finds bytes, not in the held future: a held poll holds
 /// no read buffer (they are copied out, once, when they come).
-fn read_some(stream: &mut Stream) -> impl Future<Output = Option<BytesMut>> + '_ {
-    std::future::poll_fn(move |cx| {
-        let mut buffer = [MaybeUninit::<u8>::uninit(); super::request_head::HEAD_BUFFER_BYTES];
-        let mut read = ReadBuf::uninit(&mut buffer);
-        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
-                let mut bytes = BytesMut::with_capacity(super::request_head::HEAD_BUFFER_BYTES);
-                bytes.extend_from_slice(read.filled());
-                Poll::Ready(Some(bytes))
-            }
-            Poll::Ready(_) => Poll::Ready(None),
+fn poll_read_some(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<Option<BytesMut>> {
+    let mut buffer = [MaybeUninit::<u8>::uninit(); super::request_head::HEAD_BUFFER_BYTES];
+    let mut read = ReadBuf::uninit(&mut buffer);
+    match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+            let mut bytes = BytesMut::with_capacity(super::request_head::HEAD_BUFFER_BYTES);
+            bytes.extend_from_slice(read.filled());
+            Poll::Ready(Some(bytes))
         }
-    })
+        Poll::Ready(_) => Poll::Ready(None),
+    }
 }

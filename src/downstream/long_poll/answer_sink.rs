@@ -22,9 +22,9 @@
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Notify;
 
 use super::HoldTicket;
 use crate::downstream::direct::send_now;
@@ -36,9 +36,6 @@ use crate::metrics::METRICS;
 #[derive(Default)]
 pub(super) struct AnswerSink {
     state: Mutex<SinkState>,
-    /// Wakes the connection's task when the kernel did not take a direct answer whole: the
-    /// client waits for the rest before it asks again, so only the task can finish it.
-    unfinished: Notify,
 }
 
 #[derive(Default)]
@@ -65,6 +62,10 @@ struct Armed {
     connection: &'static [u8],
     /// The drain's count and the per-IP slot, released as soon as the poll is answered.
     ticket: HoldTicket,
+    /// The connection's task, woken when the kernel did not take a direct answer whole:
+    /// the client waits for the rest before it asks again, so only the task can finish it.
+    /// (A waker, not a `Notify`: a held poll's memory is the budget here.)
+    task: Option<Waker>,
 }
 
 /// How a hold ended, as far as the sink knows.
@@ -92,6 +93,7 @@ impl AnswerSink {
             topic,
             connection,
             ticket,
+            task: None,
         });
     }
 
@@ -127,9 +129,19 @@ impl AnswerSink {
         }
     }
 
-    /// Waits until a direct answer left bytes for the task to write.
-    pub(super) async fn tail_owed(&self) {
-        self.unfinished.notified().await;
+    /// Ready when a direct answer left bytes for the task to write; until then the task
+    /// (`cx`) is woken when that happens.
+    pub(super) fn poll_tail_owed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut *self.lock() {
+            SinkState::Answered { tail } if !tail.is_empty() => Poll::Ready(()),
+            SinkState::Armed(armed) => {
+                if !armed.task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
+                    armed.task = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -153,19 +165,19 @@ impl DirectSink for AnswerSink {
             // Would block, or failed: the task writes it, and finds out which.
             return false;
         }
-        let topic = Arc::clone(&armed.topic);
         let tail = wire.freeze().slice(sent..);
         let owed = !tail.is_empty();
-        let answered = std::mem::replace(&mut *state, SinkState::Answered { tail });
+        let SinkState::Armed(armed) = std::mem::replace(&mut *state, SinkState::Answered { tail }) else {
+            return true;
+        };
         drop(state);
-        super::count_one_event(&topic, message, made.body_len());
+        super::count_one_event(&armed.topic, message, made.body_len());
         METRICS.long_polls_answered_by_publisher.inc();
-        // The poll is answered: the drain no longer waits for it, nor does it hold its
-        // per-IP slot (released here, outside the lock).
-        drop(answered);
         if owed {
-            self.unfinished.notify_one();
+            armed.task.inspect(Waker::wake_by_ref);
         }
+        // The poll is answered: the drain no longer waits for it, nor does it hold its
+        // per-IP slot (the ticket goes with `armed`, dropped here, outside the lock).
         true
     }
 }
@@ -254,6 +266,49 @@ mod tests {
         assert!(client.read(&mut [0u8; 16]).is_err(), "written once");
         // Finished: offers are refused (the descriptor may be closed now).
         assert!(!sink.offer(&first));
+    }
+
+    /// Records whether it was woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn what_the_kernel_does_not_take_at_once_is_left_to_the_woken_task() {
+        let topic = topic();
+        // Far more than a socket takes at once from a peer that is not reading.
+        let large = topic.publish(Payload {
+            data: Bytes::from(vec![b'x'; 8 << 20]),
+            ..Payload::default()
+        });
+        let (_client, server) = pair();
+        let in_flight = Arc::new(InFlight::default());
+        let sink = AnswerSink::default();
+        sink.arm(server.as_raw_fd(), Arc::clone(&topic), true, ticket(&in_flight));
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        assert!(sink.poll_tail_owed(&mut cx).is_pending());
+        assert!(sink.offer(&large), "started: the sink owns the rest");
+        assert!(
+            woken.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the task is woken"
+        );
+        assert!(sink.poll_tail_owed(&mut cx).is_ready());
+        let Finished::Answered { tail } = sink.finish() else {
+            panic!("answered, in part")
+        };
+        assert!(!tail.is_empty() && tail.len() < 8 << 20);
+        assert_eq!(in_flight.count(), 0);
     }
 
     #[test]
