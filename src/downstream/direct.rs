@@ -225,6 +225,11 @@ pub struct DirectWriter {
 }
 
 impl DirectWriter {
+    /// See [`crate::hub::DirectSink::prefetch`]: the socket's state, which the write locks.
+    pub fn prefetch(&self) {
+        crate::hub::prefetch::prefetch(Arc::as_ptr(&self.socket));
+    }
+
     /// Writes `frame`, the encoding of `message`, now if the socket takes it without
     /// waiting (`false`: nothing was written), and counts the delivery.
     pub fn write(&self, message: &Message, frame: &Bytes) -> bool {

@@ -462,6 +462,11 @@ impl DirectSink for SseSink {
         }
         self.writer.write(message, &wire_sse::chunk(message))
     }
+
+    fn prefetch(&self) {
+        crate::hub::prefetch::prefetch(Arc::as_ptr(&self.stale_sent));
+        self.writer.prefetch();
+    }
 }
 
 /// Writes and flushes one chunk within `limit`; `false` when the client is gone or stalled.

@@ -8,6 +8,7 @@ pub mod encodings;
 pub mod events;
 pub mod history;
 pub mod message;
+pub mod prefetch;
 pub mod registry;
 pub mod stats;
 pub mod subscriber;

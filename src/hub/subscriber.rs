@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -86,6 +86,11 @@ pub trait DirectSink: Send + Sync {
     fn takes_one(&self) -> bool {
         false
     }
+
+    /// The fan-out will offer this sink a message soon: ask for the memory the offer
+    /// reads beyond the sink itself (its socket's state) to be loaded meanwhile (see
+    /// [`super::prefetch`]).
+    fn prefetch(&self) {}
 }
 
 #[derive(Default)]
@@ -99,7 +104,6 @@ struct QueueState {
     /// own being written: only then may a message bypass the queue, so that it can never
     /// overtake one the consumer holds or cut into a write of the consumer's.
     parked: bool,
-    sink: Option<Arc<dyn DirectSink>>,
     /// Its one-message sink took its message: nothing more is queued or offered.
     ended: bool,
 }
@@ -112,17 +116,29 @@ impl fmt::Debug for QueueState {
             .field("skipped", &self.skipped)
             .field("closed", &self.closed)
             .field("parked", &self.parked)
-            .field("direct", &self.sink.is_some())
             .finish()
     }
 }
 
-#[derive(Debug)]
 pub struct SubscriberQueue {
     state: Mutex<QueueState>,
     ready: Notify,
     limits: QueueLimits,
     policy: OverflowPolicy,
+    /// Set once, before the consumer first parks; outside the lock so that the fan-out can
+    /// ask for it ahead of its push ([`Self::prefetch_sink`]).
+    sink: OnceLock<Arc<dyn DirectSink>>,
+}
+
+impl fmt::Debug for SubscriberQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberQueue")
+            .field("state", &self.state)
+            .field("limits", &self.limits)
+            .field("policy", &self.policy)
+            .field("direct", &self.sink.get().is_some())
+            .finish()
+    }
 }
 
 impl SubscriberQueue {
@@ -132,6 +148,7 @@ impl SubscriberQueue {
             ready: Notify::new(),
             limits,
             policy,
+            sink: OnceLock::new(),
         }
     }
 
@@ -141,9 +158,22 @@ impl SubscriberQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Lets [`Self::push`] hand messages to `sink` while the consumer is parked.
+    /// Lets [`Self::push`] hand messages to `sink` while the consumer is parked; once per
+    /// subscription (a later one is ignored).
     pub fn set_sink(&self, sink: Arc<dyn DirectSink>) {
-        self.lock().sink = Some(sink);
+        let _ = self.sink.set(sink);
+    }
+
+    /// See [`super::prefetch`]: the fan-out reaches this queue in a few steps. `step` 0
+    /// asks for the sink (its pointer is in this queue, loaded by an earlier step), 1 for
+    /// what the sink's offer reads.
+    pub fn prefetch_sink(&self, step: u8) {
+        if let Some(sink) = self.sink.get() {
+            match step {
+                0 => super::prefetch::prefetch(Arc::as_ptr(sink)),
+                _ => sink.prefetch(),
+            }
+        }
     }
 
     /// The consumer is about to write something of its own (a keepalive, a ping, its
@@ -162,7 +192,7 @@ impl SubscriberQueue {
             return OverflowCounts::default();
         }
         if direct && state.parked && state.items.is_empty() && state.skipped == 0 {
-            if let Some(sink) = &state.sink {
+            if let Some(sink) = self.sink.get() {
                 if sink.offer(&message) {
                     state.ended = sink.takes_one();
                     return OverflowCounts {

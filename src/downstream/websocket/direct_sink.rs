@@ -21,4 +21,8 @@ impl DirectSink for WebSocketSink {
         message_frame_now(message, self.envelope, self.deflate, self.deflate_min_bytes)
             .is_some_and(|frame| self.writer.write(message, &frame))
     }
+
+    fn prefetch(&self) {
+        self.writer.prefetch();
+    }
 }

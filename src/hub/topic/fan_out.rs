@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{FanOutList, Topic, TopicState};
 use crate::hub::message::Message;
+use crate::hub::subscriber::SubscriberQueue;
 
 /// While messages come faster than one per this interval (smoothed over the last several),
 /// they are queued for every subscriber, not written directly: under a high rate each
@@ -23,6 +24,27 @@ pub(super) const INTERVAL_CAP: Duration = Duration::from_millis(200);
 /// At most this long of direct writes in one fan-out (checked every 64 subscribers); the
 /// rest of the subscribers get the message through their queues, on every core.
 const DIRECT_BUDGET: Duration = Duration::from_millis(100);
+
+/// How many subscribers ahead of the one being written the fan-out asks for each of the
+/// three allocations a direct write reads, in the order the write reads them: the queue,
+/// its sink, the sink's socket state. Each is asked for once the one before it (which holds
+/// its pointer) has had time to arrive.
+const PREFETCH_QUEUE_AHEAD: usize = 6;
+const PREFETCH_SINK_AHEAD: usize = 4;
+const PREFETCH_SOCKET_AHEAD: usize = 2;
+
+/// See [`crate::hub::prefetch`]: the next direct writes' memory, asked for ahead.
+fn prefetch_ahead(queues: &[(u64, Arc<SubscriberQueue>)], index: usize) {
+    if let Some((_, queue)) = queues.get(index + PREFETCH_QUEUE_AHEAD) {
+        crate::hub::prefetch::prefetch(Arc::as_ptr(queue));
+    }
+    if let Some((_, queue)) = queues.get(index + PREFETCH_SINK_AHEAD) {
+        queue.prefetch_sink(0);
+    }
+    if let Some((_, queue)) = queues.get(index + PREFETCH_SOCKET_AHEAD) {
+        queue.prefetch_sink(1);
+    }
+}
 
 /// How fast the topic's messages come (see [`DIRECT_MIN_INTERVAL`]).
 #[derive(Debug, Default)]
@@ -83,6 +105,9 @@ impl Topic {
         for (index, (id, queue)) in queues.iter().enumerate() {
             if direct && index % 64 == 63 && started.elapsed() >= DIRECT_BUDGET {
                 direct = false;
+            }
+            if direct {
+                prefetch_ahead(&queues, index);
             }
             let counts = queue.push(message.clone(), direct);
             dropped += counts.dropped;

@@ -339,3 +339,33 @@ async fn a_sink_that_takes_one_message_ends_its_subscription_at_once() {
     drop(one_shot);
     assert_eq!(topic.subscriber_count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_direct_fan_out_asking_for_memory_ahead_reaches_every_parked_client_once() {
+    use futures_util::FutureExt;
+    let topic = topic(Mode::Events);
+    // More subscribers than the fan-out looks ahead, some without a sink.
+    let subscribed: Vec<_> = (0..100).map(|_| topic.subscribe(Resume::Latest)).collect();
+    let sinks: Vec<_> = subscribed
+        .iter()
+        .enumerate()
+        .map(|(index, subscribed)| {
+            let sink = Arc::new(TakingSink::default());
+            if index % 7 != 3 {
+                subscribed.subscription.set_direct_sink(sink.clone());
+            }
+            assert!(subscribed.subscription.recv().now_or_never().is_none());
+            sink
+        })
+        .collect();
+    publish(&topic, "1");
+    for (index, (subscribed, sink)) in subscribed.iter().zip(&sinks).enumerate() {
+        if index % 7 == 3 {
+            assert!(sink.0.lock().unwrap().is_empty());
+            assert_eq!(live_seqs(&subscribed.subscription), vec![1], "queued");
+        } else {
+            assert_eq!(*sink.0.lock().unwrap(), vec![1], "written directly, once");
+            assert!(live_seqs(&subscribed.subscription).is_empty());
+        }
+    }
+}
