@@ -40,7 +40,10 @@
 //! - **direct delivery**: while a subscriber's connection is **parked** (waiting, nothing
 //!   taken, nothing of its own being written) the publishing task writes the message's
 //!   shared frame straight into its socket instead of queueing and waking it
-//!   ([`hub::DirectSink`], [`downstream::direct`]); anything else takes the queue.
+//!   ([`hub::DirectSink`], [`downstream::direct`]); anything else takes the queue. A held
+//!   long poll is answered the same way (its sink takes one message, and the hub then drops
+//!   the subscriber); the fan-out asks for the next clients' memory a few steps ahead
+//!   ([`hub::prefetch`]).
 //! - **upstream**: the side that talks to the backend ([`upstream`]): conditional polling
 //!   with backoff and jitter.
 //! - **lease**: with `[cluster]`, the right to run a topic instance's source; one holder
@@ -64,7 +67,9 @@
 //!   `wire/` (every wire encoding: SSE, HTTP chunks, JSON envelopes, WebSocket frames and
 //!   deflate), `direct.rs` (the socket a connection shares with the publishing task, and
 //!   the one `send` a direct write or a long-poll answer is),
-//!   `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`, `connection_limit.rs`
+//!   `long_poll/` (`hold.rs`: the wait; `answer_sink.rs`: a held poll answered by the
+//!   publishing task), `write_buffer.rs`, `auth/` (JWT, JWKS, auth callback), `cors.rs`,
+//!   `connection_limit.rs`
 //!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
 //!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
 //!   served without pingora; a repeat of the last one admitted without routing it again),
