@@ -61,6 +61,15 @@ async fn setup_with_upstream(upstream: &str) -> Setup {
     }
 }
 
+/// The backend's values 1 to `count`, each once, in order.
+fn assert_every_change_once_in_order(values: &[u64], count: u64) {
+    assert_eq!(
+        values,
+        (1..=count).collect::<Vec<u64>>(),
+        "every change once, in order"
+    );
+}
+
 /// The `200` answer read next on `stream`: its messages' data, and the whole answer.
 async fn answered_at_once(stream: &mut TcpStream) -> (Vec<u64>, Value) {
     let (status, _, body) = read_response(stream).await;
@@ -131,11 +140,7 @@ async fn a_connections_next_polls_are_read_directly_in_order_without_a_gap() {
         values.push(value);
         cursor = next;
     }
-    assert_eq!(
-        values,
-        (1..=6).collect::<Vec<u64>>(),
-        "every change once, in order"
-    );
+    assert_every_change_once_in_order(&values, 6);
     // (Other tests in this binary may add to the counter too; these five did at least.)
     assert!(METRICS.long_polls_read_directly.get() >= read_directly + 5);
 
@@ -165,11 +170,7 @@ async fn a_poll_repeated_with_a_new_if_none_match_is_served_in_order() {
         values.push(value);
         cursor = next;
     }
-    assert_eq!(
-        values,
-        (1..=5).collect::<Vec<u64>>(),
-        "every change once, in order"
-    );
+    assert_every_change_once_in_order(&values, 5);
 
     // The same request with a cursor this server never gave: refused with the reason (by
     // pingora's path, the lane hands it over), and the connection goes on.
@@ -303,15 +304,10 @@ async fn the_publisher_answers_a_held_poll_and_its_next_request_may_come_in_piec
         values.push(value);
         cursor = next;
     }
-    assert_eq!(
-        values,
-        (1..=6).collect::<Vec<u64>>(),
-        "every change once, in order"
-    );
+    assert_every_change_once_in_order(&values, 6);
     // (Other tests in this binary may add to the counter too; these six did at least.)
     assert!(METRICS.long_polls_answered_by_publisher.get() >= answered + 6);
-    // Each direct answer released its hold at once: nothing is left in flight but the
-    // connection, which asks once more and gets a `304`.
+    // The connection goes on after the last direct answer: one more poll, up to date.
     stream
         .write_all(format!("GET /feed?wait=0&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
