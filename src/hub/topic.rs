@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::cursor::{Cursor, Epoch};
 use super::history::{History, HistoryLimits, Replay};
 use super::message::{Message, Payload};
-use super::subscriber::{CloseReason, Delivery, OverflowPolicy, QueueLimits, SubscriberQueue};
+use super::subscriber::{CloseReason, OverflowPolicy, QueueLimits, SubscriberQueue};
 pub use super::topic_key::TopicKey;
 use fan_out::FanOutPace;
 
@@ -564,48 +564,10 @@ impl Topic {
     }
 }
 
-/// A live subscription. Dropping it unsubscribes, which is how a client that goes away
-/// frees everything it held.
-#[derive(Debug)]
-pub struct Subscription {
-    topic: Arc<Topic>,
-    id: u64,
-    queue: Arc<SubscriberQueue>,
-}
-
-impl Subscription {
-    /// Waits for the next delivery (cancel-safe).
-    pub async fn recv(&self) -> Delivery {
-        self.queue.recv().await
-    }
-
-    pub fn try_recv(&self) -> Option<Delivery> {
-        self.queue.try_recv()
-    }
-
-    /// See [`SubscriberQueue::set_sink`]: a transport that can write a message straight to
-    /// its socket from the publishing task registers how.
-    pub fn set_direct_sink(&self, sink: Arc<dyn super::subscriber::DirectSink>) {
-        self.queue.set_sink(sink);
-    }
-
-    /// See [`SubscriberQueue::claim`]: before any write of the consumer's own.
-    pub fn claim(&self) {
-        self.queue.claim();
-    }
-
-    pub fn topic(&self) -> &Arc<Topic> {
-        &self.topic
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.topic.unsubscribe(self.id);
-    }
-}
-
 mod deltas;
 mod fan_out;
+mod subscription;
+
+pub use subscription::Subscription;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 
 use super::fan_out::INTERVAL_CAP;
 use super::*;
+use crate::hub::subscriber::Delivery;
 use bytes::Bytes;
 
 pub(crate) fn settings(mode: Mode) -> TopicSettings {
