@@ -168,7 +168,11 @@ impl LeasedSource {
     pub(super) async fn serve_alone(&self, health: &mut watch::Receiver<bool>) {
         let settings = &self.cluster.settings;
         while !self.stop.is_cancelled() && *health.borrow_and_update() {
-            let epoch = self.topic.serve_alone();
+            // Checked again under the topic's lock: the follower may have rejoined the shared
+            // history since the check above.
+            let Some(epoch) = self.topic.serve_alone(|| self.cluster.health.is_degraded()) else {
+                break;
+            };
             tracing::info!(topic = %self.topic.key(), %epoch, "serving the topic alone while Redis is unreachable");
             let alone = self.stop.child_token();
             let sink = Arc::new(AloneSink {

@@ -72,14 +72,20 @@ impl Follower {
         check.reset();
         let mut second_look: Option<tokio::time::Instant> = None;
         let mut health = self.cluster.health.watch();
+        // Degraded: nothing to catch up from; the catch-up waits for Redis to be back. Only
+        // the `changed` arm marks the health seen, so a flip while an arm runs is not missed.
+        let mut degraded = *health.borrow_and_update();
         loop {
-            // Degraded: nothing to catch up from; the catch-up waits for Redis to be back.
-            let degraded = *health.borrow_and_update();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 message = intake.recv() => {
                     let Some(message) = message else { break };
-                    self.receive(&mut state, &message).await;
+                    // Degraded, this sidecar's sources own the topic's sequence; Redis may
+                    // answer again before the health check says so. The rejoin reads what
+                    // was published meanwhile from the stream.
+                    if !degraded {
+                        self.receive(&mut state, &message).await;
+                    }
                 }
                 _ = dirty.wake.notified(), if !degraded => {
                     if dirty.take() {
@@ -96,7 +102,8 @@ impl Follower {
                     if changed.is_err() {
                         break;
                     }
-                    if !*health.borrow_and_update() {
+                    let was_degraded = std::mem::replace(&mut degraded, *health.borrow_and_update());
+                    if was_degraded && !degraded {
                         self.rejoin(&mut state).await;
                         second_look = Some(tokio::time::Instant::now() + SECOND_LOOK);
                     }
@@ -166,7 +173,11 @@ impl Follower {
             stale,
             ..
         } = reply;
-        self.topic.restart_history(epoch, top, entries, end_subscribers);
+        if !self.topic.restart_history(epoch, top, entries, end_subscribers) {
+            // Serving alone: the rejoin loads the history again once the cut-off is over.
+            tracing::debug!(topic = %self.topic.key(), "the shared history is not loaded while the topic is served alone");
+            return;
+        }
         // A sidecar that starts following while the holder's backend fails says so at once.
         match stale {
             Some(reason) => self.topic.record_upstream_failure(reason),

@@ -234,14 +234,23 @@ impl Topic {
     /// (oldest first, ending at `top`). When this is not a continuation of what subscribers
     /// were following (another epoch, or a gap the log no longer covers) they are closed:
     /// they reconnect with their cursor and are told `reset`, never left with a silent gap.
+    ///
+    /// Refused (`false`, nothing changes) while the instance serves alone: until
+    /// [`Topic::rejoin`] the local source owns the sequence. A follower that hears from Redis
+    /// before its sidecar has noticed the cut-off is over would otherwise pull the topic onto
+    /// the shared log under a source still serving alone — which then starts a local epoch
+    /// again on top of it, and clients are told `reset` twice.
     pub fn restart_history(
         &self,
         epoch: Epoch,
         top: u64,
         kept: Vec<(Cursor, Payload)>,
         end_subscribers: bool,
-    ) {
+    ) -> bool {
         let mut state = self.lock();
+        if state.serving_alone {
+            return false;
+        }
         // Subscribers that received messages this sidecar published alone are on another
         // sequence than the shared log's, whatever the caller knows.
         let end_subscribers = end_subscribers || state.history.diverged();
@@ -249,7 +258,6 @@ impl Topic {
             .first()
             .map_or(top, |(cursor, _)| cursor.seq.saturating_sub(1));
         state.history.restart_at(epoch, first);
-        state.serving_alone = false;
         for (cursor, payload) in kept {
             state.history.append_at(cursor, payload);
         }
@@ -262,6 +270,7 @@ impl Topic {
         drop(state);
         self.shared_epoch
             .send_if_modified(|current| current.replace(epoch) != Some(epoch));
+        true
     }
 
     /// Follows the epoch of the shared log (`None` before the first sync): a cluster's lease
@@ -275,15 +284,23 @@ impl Topic {
     /// now go on seamlessly; what follows carries the new epoch, so no other sidecar (nor the
     /// cluster later) can mistake it for its own sequence. Returns the epoch that
     /// [`Topic::publish_in`] takes; already serving alone, the current one.
-    pub fn serve_alone(&self) -> Epoch {
+    ///
+    /// `None` when `still_cut_off` says no: it is asked under the topic's lock, so a caller
+    /// that saw the cut-off a moment ago cannot switch a history that has just rejoined the
+    /// shared log (the rejoin takes this lock after the cut-off ended). Without that, a local
+    /// epoch could continue the *shared* sequence and its clients get a second `reset`.
+    pub fn serve_alone(&self, still_cut_off: impl FnOnce() -> bool) -> Option<Epoch> {
         let mut state = self.lock();
+        if !still_cut_off() {
+            return None;
+        }
         // Already diverged (serving alone again before the shared history was reloaded):
         // its own epoch goes on.
         if !state.serving_alone && !state.history.diverged() {
             state.history.continue_as(Epoch::random());
         }
         state.serving_alone = true;
-        state.history.cursor().epoch
+        Some(state.history.cursor().epoch)
     }
 
     /// Ends [`Topic::serve_alone`]. When nothing was published alone, the instance is back on

@@ -203,9 +203,13 @@ async fn serving_alone_keeps_subscribers_and_a_diverged_rejoin_ends_them() {
         false,
     );
     let live = topic.subscribe(Resume::Latest);
-    let alone = topic.serve_alone();
+    let alone = topic.serve_alone(|| true).expect("cut off");
     assert_ne!(alone, shared);
-    assert_eq!(topic.serve_alone(), alone, "asking again keeps the epoch");
+    assert_eq!(
+        topic.serve_alone(|| true),
+        Some(alone),
+        "asking again keeps the epoch"
+    );
     // A message the cluster sequenced can no longer land here; the local source's can.
     assert!(!topic.deliver(
         Cursor {
@@ -242,12 +246,55 @@ async fn serving_alone_keeps_subscribers_and_a_diverged_rejoin_ends_them() {
     assert_eq!(topic.cursor(), Cursor { epoch: back, seq: 7 });
 }
 
+/// The race a loaded CI run hit: Redis back, a follower heard the cluster's new epoch before
+/// its sidecar's health check did and restarted the history under the source still serving
+/// alone, which then switched the topic to a local epoch again — continuing the *shared*
+/// sequence, so clients got its message and a second `reset`. The shared log cannot take
+/// over until the rejoin, and a switch asked after the cut-off ended is refused.
+#[tokio::test(start_paused = true)]
+async fn a_switch_to_serving_alone_after_the_rejoin_is_refused() {
+    let topic = topic(Mode::Events);
+    let shared = Epoch::from_raw(36u64.pow(6) + 5);
+    let rejoined = Epoch::from_raw(36u64.pow(6) + 9);
+    topic.restart_history(shared, 4, vec![], false);
+    let alone = topic.serve_alone(|| true).expect("cut off");
+    assert!(
+        !topic.restart_history(rejoined, 1, vec![], true),
+        "the shared log cannot take over while the source serves alone"
+    );
+    assert_eq!(topic.cursor().epoch, alone);
+    assert!(topic.rejoin());
+    assert!(topic.restart_history(rejoined, 1, vec![], true));
+    let live = topic.subscribe(Resume::Latest);
+    assert_eq!(topic.serve_alone(|| false), None, "Redis is back");
+    assert_eq!(
+        topic.cursor(),
+        Cursor {
+            epoch: rejoined,
+            seq: 1
+        }
+    );
+    assert!(topic.publish_in(alone, Payload::default()).is_none());
+    assert!(topic.deliver(
+        Cursor {
+            epoch: rejoined,
+            seq: 2
+        },
+        Payload::default()
+    ));
+    assert_eq!(
+        live_seqs(&live.subscription),
+        vec![2],
+        "the shared sequence goes on"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn rejoining_before_any_local_publish_needs_no_reset() {
     let topic = topic(Mode::Events);
     let shared = Epoch::from_raw(36u64.pow(6) + 5);
     topic.restart_history(shared, 4, vec![], false);
-    topic.serve_alone();
+    topic.serve_alone(|| true);
     assert!(topic.rejoin());
     assert_eq!(
         topic.cursor(),
