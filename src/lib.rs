@@ -72,7 +72,8 @@
 //!   `connection_limit.rs`
 //!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
 //!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
-//!   served without pingora; a repeat of the last one admitted without routing it again),
+//!   served without pingora; `poll_head.rs` knows a repeat of the last one admitted, which is
+//!   admitted without routing it again),
 //!   `response.rs` (polling answers, as pingora's `ResponseHeader` or a `WireHead` written to
 //!   the socket).
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,
