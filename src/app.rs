@@ -144,11 +144,13 @@ impl App {
             self.shutdown.clone(),
             in_flight.clone(),
         );
+        let lane = sidecar.lane();
         let proxy = ConnectionLimit::new(
             http_proxy(&conf, sidecar),
             self.config.limits.clone(),
             self.config.server.write_buffer_bytes,
-        );
+        )
+        .with_sse_lane(lane);
         let mut proxy = Service::new("sidestream".to_string(), proxy);
         // pingora reads through a 64 KiB buffer per connection by default, which dominated
         // the memory of an idle push client; requests are small and bodies stream anyway.

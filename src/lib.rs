@@ -73,7 +73,8 @@
 //!   (the caps and the keep-alive loop), `request_head.rs` (each request head read before a
 //!   pingora session exists), `next_poll.rs` (the next long poll on a held poll's connection,
 //!   served without pingora; `poll_head.rs` knows a repeat of the last one admitted, which is
-//!   admitted without routing it again),
+//!   admitted without routing it again), `sse_lane.rs` (a new SSE stream of a live instance
+//!   opened from that head, before any pingora session exists),
 //!   `response.rs` (polling answers, as pingora's `ResponseHeader` or a `WireHead` written to
 //!   the socket).
 //! - [`cluster`]: `[cluster]` on Redis: key names, Lua scripts, Pub/Sub bus, followers,

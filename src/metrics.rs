@@ -64,6 +64,9 @@ pub struct Metrics {
     /// Held long polls answered by the publishing task itself, one `send` on the client's
     /// socket without waking the poll's task (`downstream::long_poll::answer_sink`).
     pub long_polls_answered_by_publisher: IntCounter,
+    /// SSE streams opened from a request head sidestream read itself, before any pingora
+    /// session existed (`downstream::sse_lane`).
+    pub sse_streams_opened_directly: IntCounter,
     /// Request paths refused before routing, by `reason`: a canonicalization refusal
     /// (`dot_segment`, `encoded_separator`, …, `400`) or `shielded` (a pass-through to a
     /// protected topic's backend path, `403`).
@@ -319,6 +322,10 @@ impl Metrics {
             long_polls_answered_by_publisher: counter(
                 "sidestream_long_polls_answered_by_publisher_total",
                 "held long polls answered by the publishing task itself, without waking the poll's task",
+            ),
+            sse_streams_opened_directly: counter(
+                "sidestream_sse_streams_opened_directly_total",
+                "SSE streams opened from a request head read by sidestream itself, without a pingora session",
             ),
             path_refusals: counter_vec(
                 "sidestream_path_refusals_total",

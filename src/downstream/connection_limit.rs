@@ -22,8 +22,10 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
 use super::header_budget::{HeaderBudget, HeaderLimited};
+use super::next_poll::PollLane;
 use super::per_ip::{IpSlot, PerIp};
 use super::request_head::{read_head, Head};
+use super::sse_lane::sse_request;
 use crate::config::Limits;
 use crate::metrics::METRICS;
 
@@ -123,6 +125,8 @@ pub struct ConnectionLimit<A> {
     write_buffer_bytes: usize,
     open: Arc<AtomicUsize>,
     per_ip: Arc<PerIp>,
+    /// Opens an SSE stream from the head read here, without a pingora session (`sse_lane`).
+    lane: Option<Arc<PollLane>>,
 }
 
 impl<A> ConnectionLimit<A> {
@@ -133,7 +137,14 @@ impl<A> ConnectionLimit<A> {
             write_buffer_bytes,
             open: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(PerIp::default()),
+            lane: None,
         }
+    }
+
+    /// New SSE streams whose request `lane` can serve are opened by it.
+    pub fn with_sse_lane(mut self, lane: Arc<PollLane>) -> Self {
+        self.lane = Some(lane);
+        self
     }
 }
 
@@ -199,10 +210,30 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimit<A> {
                 let request = async {
                     let read = match already_read {
                         Some(read) => read,
-                        None => match read_head(&mut stream, BytesMut::new(), |_| None, |_, _| ()).await {
-                            Head::Complete(read, _, ()) | Head::Unparsed(read) => read,
-                            Head::Close => return None,
-                        },
+                        None => {
+                            let lane = self.lane.as_deref();
+                            let head = read_head(
+                                &mut stream,
+                                BytesMut::new(),
+                                |_| None,
+                                |parsed, _| lane.and_then(|_| sse_request(parsed)),
+                            );
+                            match head.await {
+                                // Nothing pipelined behind it: the whole read is this request.
+                                Head::Complete(read, length, Some(request)) if length == read.len() => {
+                                    if let Some(lane) = lane {
+                                        let keep_alive = !*shutdown.borrow();
+                                        match lane.open_sse(stream, &request, keep_alive).await {
+                                            Ok(()) => return None,
+                                            Err(back) => stream = back,
+                                        }
+                                    }
+                                    read
+                                }
+                                Head::Complete(read, _, _) | Head::Unparsed(read) => read,
+                                Head::Close => return None,
+                            }
+                        }
                     };
                     let mut session = ServerSession::new_http1(stream);
                     match settings {

@@ -19,6 +19,7 @@ pub mod router;
 pub mod shield;
 pub mod short_poll;
 pub mod sse;
+pub mod sse_lane;
 pub mod websocket;
 pub mod wire;
 pub mod write_buffer;
@@ -91,6 +92,12 @@ fn request_header_bytes(request: &RequestHeader) -> usize {
 }
 
 impl Sidecar {
+    /// What reads requests off pingora's request path: the next long poll on a held poll's
+    /// connection, and a new SSE stream's request (`connection_limit`).
+    pub fn lane(&self) -> Arc<next_poll::PollLane> {
+        Arc::clone(&self.poll_lane)
+    }
+
     pub fn new(
         config: &Config,
         topics: Arc<TopicTable>,
@@ -109,6 +116,8 @@ impl Sidecar {
             cors: Arc::clone(&cors),
             limits: config.limits.clone(),
             shutdown: shutdown.clone(),
+            echo_path: config.websocket_echo.as_ref().map(|echo| echo.path.clone()),
+            drain_spread: config.server.drain_timeout / 2,
         });
         Sidecar {
             topics,

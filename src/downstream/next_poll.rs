@@ -40,8 +40,9 @@ use crate::hub::{Cursor, Registry, Topic};
 use crate::metrics::METRICS;
 use poll_head::{classify, HeadShape, PollHead};
 
-/// What the lane needs of the proxy: routing, the instances, the per-IP long-poll cap, the
-/// drain's count of requests in flight, CORS and the request limits.
+/// What the lanes (this one and `sse_lane`) need of the proxy: routing, the instances, the
+/// per-IP long-poll cap, the drain's count of requests in flight and its spread, CORS, the
+/// request limits and the echo endpoint's path (which routing leaves alone).
 pub struct PollLane {
     pub topics: Arc<TopicTable>,
     pub registry: Arc<Registry>,
@@ -50,6 +51,8 @@ pub struct PollLane {
     pub cors: Arc<CorsSettings>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
+    pub echo_path: Option<String>,
+    pub drain_spread: Duration,
 }
 
 /// The connection's next request, as read by the lane.
@@ -186,7 +189,9 @@ impl PollLane {
         shape: Option<HeadShape>,
         ip: Option<IpAddr>,
     ) -> Option<Admitted> {
-        if request_header_bytes(request) > self.limits.max_request_header_bytes {
+        if request_header_bytes(request) > self.limits.max_request_header_bytes
+            || self.echo_path.as_deref() == Some(request.uri.path())
+        {
             return None;
         }
         let path = CanonicalPath::parse(request.uri.path()).ok()?;

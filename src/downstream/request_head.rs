@@ -6,7 +6,10 @@
 
 use bytes::BytesMut;
 use pingora_core::protocols::Stream;
+use pingora_http::RequestHeader;
 use tokio::io::AsyncReadExt;
+
+use super::router::header;
 
 /// A typical head is 100–300 bytes; the buffer grows for a larger one.
 pub const HEAD_BUFFER_BYTES: usize = 1024;
@@ -72,5 +75,73 @@ pub async fn read_head<T>(
             Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD_BYTES => {}
             _ => return Head::Unparsed(bytes),
         }
+    }
+}
+
+/// The request a complete parsed head is, if it is one a lane may serve (a long poll, a new
+/// SSE stream): a `GET` over HTTP/1.1 with no body, no upgrade and nothing saying the
+/// connection ends.
+pub fn plain_get(parsed: &httparse::Request) -> Option<RequestHeader> {
+    if parsed.method? != "GET" || parsed.version? != 1 {
+        return None;
+    }
+    let mut request = RequestHeader::build_no_case(
+        http::Method::GET,
+        parsed.path?.as_bytes(),
+        Some(parsed.headers.len()),
+    )
+    .ok()?;
+    for line in parsed.headers.iter() {
+        let name = http::HeaderName::from_bytes(line.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(line.value).ok()?;
+        request.append_header(name, value).ok()?;
+    }
+    let has_body = request.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || header(&request, "content-length").is_some_and(|length| length.trim() != "0");
+    let ends_or_upgrades = request.headers.contains_key(http::header::UPGRADE)
+        || request.headers.contains_key(http::header::EXPECT)
+        || request
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+    (!has_body && !ends_or_upgrades).then_some(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::router::header;
+
+    /// [`plain_get`] of a complete head.
+    fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(bytes).expect("a head").is_complete());
+        plain_get(&parsed)
+    }
+
+    #[test]
+    fn a_plain_get_is_parsed_and_others_are_left_to_pingora() {
+        let poll =
+            parse_head(b"GET /feed?wait=10&cursor=3 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+                .expect("a plain GET");
+        assert_eq!(poll.uri.path(), "/feed");
+        assert_eq!(poll.uri.query(), Some("wait=10&cursor=3"));
+        assert_eq!(header(&poll, "host"), Some("x"));
+        for other in [
+            &b"POST /feed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HEAD /feed?wait=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+            b"GET /feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            assert!(parse_head(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(parse_head(b"GET /feed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some());
     }
 }

@@ -25,7 +25,7 @@ use super::wire::patch_slot;
 use super::wire::sse::{self as wire_sse, encode_event, http_chunk, put_http_chunk};
 use crate::config::TopicSpec;
 use crate::hub::{
-    CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, DirectSink, Message, Mode, Subscribe,
+    CloseReason, Cursor, Delivery, DeltaCursor, DeltaStep, DirectSink, Message, Mode, Resume, Subscribe,
     Subscription, Topic,
 };
 use crate::metrics::{SubscriberGauge, METRICS};
@@ -154,11 +154,9 @@ pub struct Drain {
     pub spread: Duration,
 }
 
-/// Answers an SSE request: subscribes, takes the connection out of pingora and hands it to
-/// a small task of its own, which writes the response head (with what the CORS module
-/// decided for the request) together with the first chunk. A held stream then costs its
-/// socket, its queue and that task, not a whole pingora request (whose state is several
-/// times larger and is polled through on every wake-up).
+/// Answers an SSE request: takes the connection out of pingora and hands it to [`start`].
+/// A held stream then costs its socket, its queue and a small task, not a whole pingora
+/// request (whose state is several times larger and is polled through on every wake-up).
 pub async fn serve(
     session: &mut Session,
     topic: Arc<Topic>,
@@ -178,11 +176,61 @@ pub async fn serve(
         let response: ResponseHeader = stream_head(private)?;
         return session.write_response_header(Box::new(response), true).await;
     }
+    let resume = sse_resume(session.req_header());
+    // The CORS module sees no header written off pingora: the stamp it made goes along.
+    let cors = CorsStamp::take(session);
+    let http1 = match *take_connection(session) {
+        ServerSession::H1(http1) => http1,
+        _ => return Ok(()),
+    };
+    let opening = Opening {
+        keep_alive: http1.will_keepalive(),
+        resume,
+        cors,
+        deltas,
+        private,
+        expiry,
+        in_flight,
+    };
+    start(http1.into_inner(), topic, spec, drain, opening)
+}
+
+/// What a new stream's request decided, however it was read (through pingora, or by the
+/// `sse_lane` before any pingora session exists).
+pub struct Opening {
+    /// The connection may carry another request after this stream (`Connection:` line).
+    pub keep_alive: bool,
+    pub resume: Resume,
+    pub cors: CorsStamp,
+    /// `?delta=json-patch` was asked for (and the topic offers it).
+    pub deltas: bool,
+    /// `Cache-Control: private` (an authenticated answer).
+    pub private: bool,
+    pub expiry: Option<Expiry>,
+    pub in_flight: InFlightGuard,
+}
+
+/// Subscribes and hands `stream` to a small task of its own, which writes the response head
+/// together with the first chunk (the `retry:` hint, a reset, the backlog).
+pub fn start(
+    stream: Stream,
+    topic: Arc<Topic>,
+    spec: &TopicSpec,
+    drain: &Drain,
+    opening: Opening,
+) -> Result<()> {
+    let Opening {
+        keep_alive,
+        resume,
+        cors,
+        deltas,
+        private,
+        expiry,
+        in_flight,
+    } = opening;
     let mut head: WireHead = stream_head(private)?;
     head.set("Transfer-Encoding", Cow::Borrowed("chunked"))?;
-    // The CORS module sees no header written off pingora: the stamp it made is applied here.
-    CorsStamp::take(session).apply(&mut head)?;
-    let resume = sse_resume(session.req_header());
+    cors.apply(&mut head)?;
     let (subscribed, deltas) = if deltas {
         let (subscribed, deltas) = topic.subscribe_deltas(resume);
         (subscribed, Some(deltas))
@@ -210,19 +258,9 @@ pub async fn serve(
         .inspect(|m| crate::metrics::delivered(&topic, m, backlog.len() as u64));
     drop(backlog);
 
-    let http1 = match *take_connection(session) {
-        ServerSession::H1(http1) => http1,
-        _ => return Ok(()),
-    };
-    // The head and the first chunk (the `retry:` hint, a reset, the backlog) leave in one
-    // write: a head written through pingora went out alone, one more send (and one more read
-    // for the client) per connection.
-    let connection: &[u8] = if http1.will_keepalive() {
-        b"keep-alive"
-    } else {
-        b"close"
-    };
-    let stream = http1.into_inner();
+    // The head and the first chunk leave in one write: a head written through pingora went
+    // out alone, one more send (and one more read for the client) per connection.
+    let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
     let mut first = BytesMut::with_capacity(256 + events.len() + 12);
     with_http_date(|date| {
         head.write_to(

@@ -4,8 +4,8 @@
 
 use pingora_http::RequestHeader;
 
+use crate::downstream::request_head::plain_get;
 use crate::downstream::response::if_none_match_cursor;
-use crate::downstream::router::header;
 use crate::hub::Cursor;
 
 /// A header line's name and value.
@@ -132,7 +132,7 @@ pub(super) enum PollHead {
 /// of the lane's.
 pub(super) fn classify(parsed: &httparse::Request, head: &[u8], shape: Option<&HeadShape>) -> PollHead {
     if let Some(shape) = shape.filter(|shape| shape.matches(parsed)) {
-        // The same lines passed `poll_request` before; only the cursor is read again.
+        // The same lines passed `plain_get` before; only the cursor is read again.
         let cursor = parsed
             .headers
             .iter()
@@ -149,7 +149,7 @@ pub(super) fn classify(parsed: &httparse::Request, head: &[u8], shape: Option<&H
             return PollHead::Repeat(cursor, head_bytes(parsed), raw);
         }
     }
-    match poll_request(parsed) {
+    match plain_get(parsed) {
         Some(request) => PollHead::Fresh(Box::new(request), HeadShape::of(parsed, head)),
         None => PollHead::Other,
     }
@@ -166,48 +166,11 @@ fn head_bytes(parsed: &httparse::Request) -> usize {
     line + headers
 }
 
-/// The request a complete parsed head is, if it can be a long poll at all: a `GET` over
-/// HTTP/1.1 with no body, no upgrade and nothing saying the connection ends.
-fn poll_request(parsed: &httparse::Request) -> Option<RequestHeader> {
-    if parsed.method? != "GET" || parsed.version? != 1 {
-        return None;
-    }
-    let mut request = RequestHeader::build_no_case(
-        http::Method::GET,
-        parsed.path?.as_bytes(),
-        Some(parsed.headers.len()),
-    )
-    .ok()?;
-    for line in parsed.headers.iter() {
-        let name = http::HeaderName::from_bytes(line.name.as_bytes()).ok()?;
-        let value = http::HeaderValue::from_bytes(line.value).ok()?;
-        request.append_header(name, value).ok()?;
-    }
-    let has_body = request.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || header(&request, "content-length").is_some_and(|length| length.trim() != "0");
-    let ends_or_upgrades = request.headers.contains_key(http::header::UPGRADE)
-        || request.headers.contains_key(http::header::EXPECT)
-        || request
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
-    (!has_body && !ends_or_upgrades).then_some(request)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::downstream::request_head::MAX_HEADERS;
     use crate::downstream::request_header_bytes;
-
-    /// [`poll_request`] of a complete head.
-    fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(bytes).expect("a head").is_complete());
-        poll_request(&parsed)
-    }
 
     /// Whether `shape` (of `first`) knows `next` again.
     fn same_shape(first: &[u8], next: &[u8]) -> bool {
@@ -320,31 +283,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(bytes).expect("a head").is_complete());
-        let request = poll_request(&parsed).expect("a poll");
+        let request = plain_get(&parsed).expect("a poll");
         assert_eq!(head_bytes(&parsed), request_header_bytes(&request));
-    }
-
-    #[test]
-    fn a_plain_poll_head_is_parsed_and_others_are_left_to_pingora() {
-        let poll =
-            parse_head(b"GET /feed?wait=10&cursor=3 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
-                .expect("a plain long poll");
-        assert_eq!(poll.uri.path(), "/feed");
-        assert_eq!(poll.uri.query(), Some("wait=10&cursor=3"));
-        assert_eq!(header(&poll, "host"), Some("x"));
-        for other in [
-            &b"POST /feed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"[..],
-            b"HEAD /feed?wait=1 HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.0\r\nHost: x\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\n",
-            b"GET /feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET /feed?wait=1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
-        ] {
-            assert!(parse_head(other).is_none(), "{}", String::from_utf8_lossy(other));
-        }
-        assert!(parse_head(b"GET /feed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some());
     }
 }
