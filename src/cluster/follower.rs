@@ -102,8 +102,11 @@ impl Follower {
                     if changed.is_err() {
                         break;
                     }
-                    let was_degraded = std::mem::replace(&mut degraded, *health.borrow_and_update());
-                    if was_degraded && !degraded {
+                    // Health only notifies on a flip, so a `false` here ends a degraded
+                    // spell, even one this arm never saw begin (a flip and back while another
+                    // arm ran): the source may have served alone in it.
+                    degraded = *health.borrow_and_update();
+                    if !degraded {
                         self.rejoin(&mut state).await;
                         second_look = Some(tokio::time::Instant::now() + SECOND_LOOK);
                     }

@@ -108,6 +108,16 @@ pub fn plain_get(parsed: &httparse::Request) -> Option<RequestHeader> {
     (!has_body && !ends_or_upgrades).then_some(request)
 }
 
+/// Parses `bytes`, a complete head, and hands it to `inspect` (for tests of what a lane makes
+/// of a head).
+#[cfg(test)]
+pub fn with_parsed_head<T>(bytes: &[u8], inspect: impl FnOnce(&httparse::Request) -> T) -> T {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    assert!(parsed.parse(bytes).expect("a head").is_complete());
+    inspect(&parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,10 +125,7 @@ mod tests {
 
     /// [`plain_get`] of a complete head.
     fn parse_head(bytes: &[u8]) -> Option<RequestHeader> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(bytes).expect("a head").is_complete());
-        plain_get(&parsed)
+        with_parsed_head(bytes, plain_get)
     }
 
     #[test]

@@ -219,23 +219,14 @@ pub fn start(
     drain: &Drain,
     opening: Opening,
 ) -> Result<()> {
-    let Opening {
-        keep_alive,
-        resume,
-        cors,
-        deltas,
-        private,
-        expiry,
-        in_flight,
-    } = opening;
-    let mut head: WireHead = stream_head(private)?;
+    let mut head: WireHead = stream_head(opening.private)?;
     head.set("Transfer-Encoding", Cow::Borrowed("chunked"))?;
-    cors.apply(&mut head)?;
-    let (subscribed, deltas) = if deltas {
-        let (subscribed, deltas) = topic.subscribe_deltas(resume);
+    opening.cors.apply(&mut head)?;
+    let (subscribed, deltas) = if opening.deltas {
+        let (subscribed, deltas) = topic.subscribe_deltas(opening.resume);
         (subscribed, Some(deltas))
     } else {
-        (topic.subscribe(resume), None)
+        (topic.subscribe(opening.resume), None)
     };
     let Subscribe {
         reset,
@@ -260,7 +251,11 @@ pub fn start(
 
     // The head and the first chunk leave in one write: a head written through pingora went
     // out alone, one more send (and one more read for the client) per connection.
-    let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+    let connection: &[u8] = if opening.keep_alive {
+        b"keep-alive"
+    } else {
+        b"close"
+    };
     let mut first = BytesMut::with_capacity(256 + events.len() + 12);
     with_http_date(|date| {
         head.write_to(
@@ -278,9 +273,9 @@ pub fn start(
         retry_ms,
         drain_signal: drain.signal.clone(),
         drain_spread: drain.spread,
-        expiry,
+        expiry: opening.expiry,
         deltas,
-        _in_flight: in_flight,
+        _in_flight: opening.in_flight,
         _connection: connection_limit::hold_connection(),
     };
     let fut = task.run(stream, first.freeze());

@@ -113,13 +113,10 @@ impl PollLane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::downstream::request_head::MAX_HEADERS;
+    use crate::downstream::request_head::with_parsed_head;
 
     fn may_be_sse(bytes: &[u8]) -> bool {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(bytes).expect("a head").is_complete());
-        sse_request(&parsed).is_some()
+        with_parsed_head(bytes, |parsed| sse_request(parsed).is_some())
     }
 
     #[test]

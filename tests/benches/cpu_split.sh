@@ -10,6 +10,8 @@
 #                # (perf report -i FILE --no-children --sort dso,sym)
 #   PSTAT=1 ...  # perf stat: context switches, page faults, syscalls, softirqs
 #   SIDESTREAM_BIN=/tmp/old-sidestream ...   # another build, same load (an A/B)
+#   PHASE=connect ...  # the connect phase instead (fanbench's start to its "publishing"
+#                      # line): µs per new connection, and fanbench's connect_per_s
 #
 # Also prints anonymous RSS per idle connection (RssAnon: the figure without the binary's
 # code pages, which the first connections fault in: ~0.9 MiB, i.e. 0.9 KiB "per connection"
@@ -69,11 +71,37 @@ ticks() { local t=0 p f; for p in $pids; do read -r -a f < "/proc/$p/stat"; t=$(
 anon_kib() { for p in $pids; do grep RssAnon "/proc/$p/status" | grep -oE '[0-9]+'; done | paste -sd+ | bc; }
 anon_before=$(anon_kib)
 log="$OUT_DIR/fanbench-$KIND-$N-$PEER.log"
+PHASE=${PHASE:-publish}
+case $PHASE in publish|connect) ;; *) echo "cpu_split.sh: PHASE is publish or connect" >&2; exit 64 ;; esac
+recorder=
+if [ "$PHASE" = connect ]; then
+  user0=$(ticks 1 0) sys0=$(ticks 0 1)
+  if [ -n "${PERF:-}" ]; then
+    perf record -F 999 -g -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-connect-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
+    recorder=$!
+  fi
+fi
 timeout 600 "$FANBENCH" "${args[@]}" > "$log" 2>&1 &
 fanbench=$!
-for _ in $(seq 1 3000); do grep -q '^publishing' "$log" && break; kill -0 $fanbench 2>/dev/null || break; sleep 0.1; done
+for _ in $(seq 1 6000); do grep -q '^publishing' "$log" && break; kill -0 $fanbench 2>/dev/null || break; sleep 0.05; done
+if [ "$PHASE" = connect ]; then
+  user1=$(ticks 1 0) sys1=$(ticks 0 1)
+  if [ -n "$recorder" ]; then kill -INT $recorder; wait $recorder; fi
+  wait $fanbench
+  grep -oE '"connect_per_s":[0-9.]+' "$log"
+  [ -n "${PERF:-}" ] && echo "profile: $OUT_DIR/perf-connect-$N-$PEER.data"
+  hz=$(getconf CLK_TCK)
+  python3 - "$hz" "$user0" "$user1" "$sys0" "$sys1" "$N" "$PEER" <<'EOF'
+import sys
+hz, u0, u1, s0, s1, n = (int(x) for x in sys.argv[1:7])
+user, kernel = (u1 - u0) / hz, (s1 - s0) / hz
+per = lambda seconds: seconds / n * 1e6
+print(f"{sys.argv[7]}: user {per(user):.1f} µs + kernel {per(kernel):.1f} µs = {per(user + kernel):.1f} µs per new connection "
+      f"({user:.2f} s + {kernel:.2f} s over {n} connections, fanbench's settle included; /proc ticks of 1/{hz} s)")
+EOF
+  exit 0
+fi
 user0=$(ticks 1 0) sys0=$(ticks 0 1) anon_idle=$(anon_kib)
-recorder=
 if [ -n "${PERF:-}" ]; then
   perf record -F 999 -g -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-$KIND-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
   recorder=$!

@@ -169,19 +169,13 @@ fn head_bytes(parsed: &httparse::Request) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::downstream::request_head::MAX_HEADERS;
+    use crate::downstream::request_head::with_parsed_head;
     use crate::downstream::request_header_bytes;
 
     /// Whether `shape` (of `first`) knows `next` again.
     fn same_shape(first: &[u8], next: &[u8]) -> bool {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(first).expect("a head").is_complete());
-        let shape = HeadShape::of(&parsed, first).expect("a shape");
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(next).expect("a head").is_complete());
-        shape.matches(&parsed)
+        let shape = with_parsed_head(first, |parsed| HeadShape::of(parsed, first)).expect("a shape");
+        with_parsed_head(next, |parsed| shape.matches(parsed))
     }
 
     #[test]
@@ -219,10 +213,7 @@ mod tests {
     /// What the bytes of `first` (around its `If-None-Match` value) know of `next` without
     /// parsing it: its cursor and header size, and those the parse gives, for comparison.
     fn raw_repeat(first: &[u8], next: &[u8]) -> Option<(Option<Cursor>, usize)> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(first).expect("a head").is_complete());
-        let raw = RawHead::of(&parsed, first)?;
+        let raw = with_parsed_head(first, |parsed| RawHead::of(parsed, first))?;
         match raw.repeat(next)? {
             PollHead::Repeat(cursor, size, None) => Some((cursor, size)),
             _ => panic!("a raw repeat is a repeat, and brings no new raw head"),
@@ -233,10 +224,7 @@ mod tests {
     fn a_repeat_is_known_by_its_bytes_only_when_nothing_but_the_cursor_changed() {
         let first = b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-1\"\r\nAccept: */*\r\n\r\n";
         let next = b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-12\"\r\nAccept: */*\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(next).expect("a head").is_complete());
-        let parsed_size = head_bytes(&parsed);
+        let parsed_size = with_parsed_head(next, head_bytes);
         let cursor: Cursor = "a-12".parse().expect("a cursor");
         assert_eq!(raw_repeat(first, next), Some((Some(cursor), parsed_size)));
         assert_eq!(
@@ -280,10 +268,9 @@ mod tests {
     #[test]
     fn a_parsed_heads_size_is_counted_as_for_a_request_header() {
         let bytes = b"GET /feed?wait=10 HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a-1\"\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(bytes).expect("a head").is_complete());
-        let request = plain_get(&parsed).expect("a poll");
-        assert_eq!(head_bytes(&parsed), request_header_bytes(&request));
+        with_parsed_head(bytes, |parsed| {
+            let request = plain_get(parsed).expect("a poll");
+            assert_eq!(head_bytes(parsed), request_header_bytes(&request));
+        });
     }
 }
