@@ -7,6 +7,8 @@
 #   tests/benches/cpu_split.sh KIND N M RATE [deflate]     # e.g. ws 1000 100 10
 #   PEER=nchan tests/benches/cpu_split.sh ws 1000 100 10   # the same for nginx+nchan
 #   PERF=1 ...   # perf record -g of the publish phase -> $OUT_DIR/perf-KIND-N-PEER.data
+#   PERF=dwarf ...  # the same with DWARF call graphs (whole stacks without frame pointers):
+#                   # tests/benches/perf_fold.py FILE [--faults] sums them by code region
 #                # (perf report -i FILE --no-children --sort dso,sym)
 #   PSTAT=1 ...  # perf stat: context switches, page faults, syscalls, softirqs
 #   SIDESTREAM_BIN=/tmp/old-sidestream ...   # another build, same load (an A/B)
@@ -34,6 +36,8 @@ command -v bc > /dev/null || { echo "cpu_split.sh: bc is missing: apt-get instal
 if [ -n "${PERF:-}${PSTAT:-}" ] && ! command -v perf > /dev/null; then
   echo "cpu_split.sh: perf is missing: apt-get install -y linux-perf" >&2; exit 2
 fi
+CALL_GRAPH=(-g)
+[ "${PERF:-}" = dwarf ] && CALL_GRAPH=(--call-graph dwarf,16384 -F 4000)
 mkdir -p "$OUT_DIR" /tmp/anchors/sidestream
 (cd "$BENCH/fanbench" && cargo build --release -q --target-dir "${FANBENCH_TARGET_DIR:-/tmp/fanbench-target}") || exit 1
 
@@ -77,7 +81,7 @@ recorder=
 if [ "$PHASE" = connect ]; then
   user0=$(ticks 1 0) sys0=$(ticks 0 1)
   if [ -n "${PERF:-}" ]; then
-    perf record -F 999 -g -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-connect-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
+    perf record -F 999 "${CALL_GRAPH[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-connect-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
     recorder=$!
   fi
 fi
@@ -103,7 +107,7 @@ EOF
 fi
 user0=$(ticks 1 0) sys0=$(ticks 0 1) anon_idle=$(anon_kib)
 if [ -n "${PERF:-}" ]; then
-  perf record -F 999 -g -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-$KIND-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
+  perf record -F 999 "${CALL_GRAPH[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-$KIND-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
   recorder=$!
 elif [ -n "${PSTAT:-}" ]; then
   perf stat -e task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter,irq:softirq_entry \
