@@ -36,8 +36,9 @@ command -v bc > /dev/null || { echo "cpu_split.sh: bc is missing: apt-get instal
 if [ -n "${PERF:-}${PSTAT:-}" ] && ! command -v perf > /dev/null; then
   echo "cpu_split.sh: perf is missing: apt-get install -y linux-perf" >&2; exit 2
 fi
-CALL_GRAPH=(-g)
-[ "${PERF:-}" = dwarf ] && CALL_GRAPH=(--call-graph dwarf,16384 -F 4000)
+# DWARF stacks are sampled 4x as often: fewer samples survive a short connect phase whole.
+RECORD=(-F 999 -g)
+[ "${PERF:-}" = dwarf ] && RECORD=(-F 4000 --call-graph dwarf,16384)
 mkdir -p "$OUT_DIR" /tmp/anchors/sidestream
 (cd "$BENCH/fanbench" && cargo build --release -q --target-dir "${FANBENCH_TARGET_DIR:-/tmp/fanbench-target}") || exit 1
 
@@ -81,7 +82,7 @@ recorder=
 if [ "$PHASE" = connect ]; then
   user0=$(ticks 1 0) sys0=$(ticks 0 1)
   if [ -n "${PERF:-}" ]; then
-    perf record -F 999 "${CALL_GRAPH[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-connect-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
+    perf record "${RECORD[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-connect-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
     recorder=$!
   fi
 fi
@@ -107,7 +108,7 @@ EOF
 fi
 user0=$(ticks 1 0) sys0=$(ticks 0 1) anon_idle=$(anon_kib)
 if [ -n "${PERF:-}" ]; then
-  perf record -F 999 "${CALL_GRAPH[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-$KIND-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
+  perf record "${RECORD[@]}" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/perf-$KIND-$N-$PEER.data" > "$OUT_DIR/perf.log" 2>&1 &
   recorder=$!
 elif [ -n "${PSTAT:-}" ]; then
   perf stat -e task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter,irq:softirq_entry \
